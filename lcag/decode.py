@@ -41,6 +41,7 @@ __all__ = ["decode", "decode_argmax", "pair_log_scores", "tree_score"]
 Method = Literal["auto", "exact", "approx", "argmax"]
 EXACT_MAX_LEAVES = 10
 _NEG = -np.inf
+_CHUNK_FLOATS = 1 << 23  # exact decoding handles events in chunks of this many table entries
 
 
 # ------------------------------------------------------------------------------ public API
@@ -174,7 +175,7 @@ def _prepare(
         raise InvalidInputError(
             f"probs{where} = {batch[n, i, j, c]}: probabilities must be finite and >= 0"
         )
-    scores = pair_log_scores(batch, eps)
+    scores = np.where(pairs[..., None], pair_log_scores(batch, eps), 0.0)  # drop ignored entries
     return (scores if keep_class_zero else scores[..., 1:]), mask_arr, single
 
 
@@ -194,9 +195,11 @@ def _decode_exact(scores: np.ndarray) -> np.ndarray:
     over subsets runs compiled, one event at a time.
     """
     E, n, _, H = scores.shape
-    W = _subset_sums(scores)
     out = np.zeros((E, n, n), dtype=np.int64)
-    _exact_kernel(W, n, out)
+    chunk = max(1, _CHUNK_FLOATS // ((H + 1) << n))  # bounds the subset-sum table's memory
+    for start in range(0, E, chunk):
+        stop = start + chunk
+        _exact_kernel(_subset_sums(scores[start:stop]), n, out[start:stop])
     return out
 
 
@@ -374,7 +377,7 @@ def _decode_dendrogram(scores: np.ndarray) -> np.ndarray:
         children[:, t, 1] = slot_node[events, b]
         cross[:, t] = cluster_scores[events, a, b]
         total = size[events, a] + size[events, b]
-        merged = (dist[events, a] * size[events, a, None] + dist[events, b] * size[events, b, None])
+        merged = dist[events, a] * size[events, a, None] + dist[events, b] * size[events, b, None]
         merged /= total[:, None]
         dist[events, a] = merged
         dist[events, :, a] = merged
@@ -412,14 +415,23 @@ def _decode_dendrogram(scores: np.ndarray) -> np.ndarray:
 
     out = np.zeros((E, n, n), dtype=np.int64)
     for e in range(E):
-        _backtrack_dendrogram(e, n, H, children[e], K[e], E0[e], E1[e], padded_cross[e],
-                              int(root_height[e]), out[e])
+        _backtrack_dendrogram(
+            e, n, H, children[e], K[e], E0[e], E1[e], padded_cross[e], int(root_height[e]), out[e]
+        )
     return out
 
 
 def _backtrack_dendrogram(
-    e: int, n: int, H: int, children: np.ndarray, K: np.ndarray, E0: np.ndarray, E1: np.ndarray,
-    cross: np.ndarray, root_h: int, M: np.ndarray
+    e: int,
+    n: int,
+    H: int,
+    children: np.ndarray,
+    K: np.ndarray,
+    E0: np.ndarray,
+    E1: np.ndarray,
+    cross: np.ndarray,
+    root_h: int,
+    M: np.ndarray,
 ) -> None:
     """Assign each dendrogram merge its height (kept or inherited) and fill ``M (n, n)``."""
     leaves: dict[int, list[int]] = {i: [i] for i in range(n)}

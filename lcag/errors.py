@@ -7,6 +7,8 @@ exception a caller would expect (``ValueError``, ``FileNotFoundError``, ``Import
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
     "InvalidInputError",
     "InvalidLCAGError",
@@ -43,7 +45,7 @@ class InvalidLCAGError(LCAGError, ValueError):
     ASYMMETRIC = "asymmetric"
     NOT_ULTRAMETRIC = "not_ultrametric"
     LEVEL_GAP = "level_gap"
-    REASONS = {
+    REASONS: ClassVar[dict[str, str]] = {
         NOT_SQUARE: "the matrix is not a non-empty square (L, L) array",
         NON_INTEGER: "an entry is not an integer",
         NON_ZERO_DIAGONAL: "a diagonal entry is not 0",

@@ -168,9 +168,7 @@ def is_valid_lcag(
     return valid
 
 
-def _violation_maps(
-    M: np.ndarray, mask: np.ndarray
-) -> list[tuple[str, np.ndarray]]:
+def _violation_maps(M: np.ndarray, mask: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """Per-reason boolean maps ``(N, L, L)`` of offending entries, in reporting order.
 
     Each map is only meaningful where the earlier reasons found nothing, which is how
@@ -184,7 +182,8 @@ def _violation_maps(
     maps: list[tuple[str, np.ndarray]] = []
 
     finite = np.isfinite(values)
-    maps.append((_E.NON_INTEGER, pair & ~(finite & (values == np.round(np.where(finite, values, 0))))))
+    integral = finite & (values == np.round(np.where(finite, values, 0)))
+    maps.append((_E.NON_INTEGER, pair & ~integral))
     maps.append((_E.NON_ZERO_DIAGONAL, pair & eye & (values != 0)))
     maps.append((_E.NON_POSITIVE, off & (values < 1)))
     maps.append((_E.ASYMMETRIC, pair & (values != np.swapaxes(values, 1, 2))))
@@ -223,7 +222,8 @@ def _describe(reason: str, M: np.ndarray, where: tuple[int, int]) -> InvalidLCAG
     if reason == _E.NON_ZERO_DIAGONAL:
         return _E(reason, (i,), f"row {i}: M[{i}, {i}] = {value}, expected 0")
     if reason == _E.ASYMMETRIC:
-        return _E(reason, (i, j), f"pair ({i}, {j}): M[{i}, {j}] = {value} but M[{j}, {i}] = {M[j, i]}")
+        detail = f"pair ({i}, {j}): M[{i}, {j}] = {value} but M[{j}, {i}] = {M[j, i]}"
+        return _E(reason, (i, j), detail)
     if reason == _E.NOT_ULTRAMETRIC:
         k = int(np.argmin(np.maximum(M[i, :], M[:, j])))
         return _E(

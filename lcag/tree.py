@@ -99,6 +99,7 @@ class DecayTree:
         ints, a permutation of ``0..L-1`` giving each leaf's position, or all strings, taken
         as particle names with leaves numbered in reading order.
         """
+
         def children_of(item: Nested) -> Sequence[Nested]:
             return item if isinstance(item, (tuple, list)) else ()
 
@@ -135,9 +136,7 @@ class DecayTree:
 
         def children_of(obj: Any) -> Sequence[Any]:
             if not hasattr(obj, children_attr):
-                raise InvalidTreeError(
-                    f"hierarchy: {obj!r} has no attribute {children_attr!r}"
-                )
+                raise InvalidTreeError(f"hierarchy: {obj!r} has no attribute {children_attr!r}")
             kids = getattr(obj, children_attr)
             return list(kids() if callable(kids) else kids or ())
 
@@ -452,9 +451,11 @@ def _as_parent_array(parents: Sequence[int] | np.ndarray) -> np.ndarray:
     arr = np.asarray(parents)
     if arr.ndim != 1 or arr.size == 0:
         raise InvalidTreeError(f"parents: expected a non-empty 1-D array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise InvalidTreeError(f"parents: expected integers, got dtype {arr.dtype}")
+    integral = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and bool(np.all(arr == np.round(arr)))
+    )
+    if not integral:
+        raise InvalidTreeError(f"parents: expected integers, got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
     n = arr.size
     bad = np.flatnonzero((arr < -1) | (arr >= n))

@@ -1,0 +1,34 @@
+# lcag: two commands. `make test` sets up .venv from scratch if needed and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup test lint demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch first, only when none is importable: a bare `torch` requirement would pull a CUDA build.
+setup: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[test]"
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo:
+	@echo "make demo (generate tiny data, train, evaluate) arrives with the training models;"
+	@echo "for now: $(PY) benchmarks/bench_decode.py"
+
+bench: setup
+	$(PY) benchmarks/bench_decode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,46 @@
+"""The public API: what ``import lcag`` offers is pinned here."""
+
+import lcag
+
+
+def test_public_names_are_pinned():
+    assert sorted(lcag.__all__) == sorted(
+        [
+            "DecayTree",
+            "InvalidInputError",
+            "InvalidLCAGError",
+            "InvalidTreeError",
+            "LCAGError",
+            "__version__",
+            "decode",
+            "decode_argmax",
+            "is_valid_lcag",
+            "lcag_to_tree",
+            "permute",
+            "tree_score",
+            "tree_to_lcag",
+            "tree_to_lcas",
+        ]
+    )
+    for name in lcag.__all__:
+        assert hasattr(lcag, name), name
+
+
+def test_readme_names_import():
+    from lcag import DecayTree, decode, lcag_to_tree, tree_to_lcag  # noqa: F401
+
+
+def test_core_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, lcag; print('torch' in sys.modules or 'lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_errors_subclass_the_standard_exceptions():
+    assert issubclass(lcag.InvalidLCAGError, ValueError)
+    assert issubclass(lcag.InvalidTreeError, ValueError)
+    assert issubclass(lcag.InvalidInputError, ValueError)
+    assert issubclass(lcag.errors.MissingDependencyError, ImportError)
