@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ConfigError",
+    "DatasetError",
     "InvalidInputError",
     "InvalidLCAGError",
     "InvalidTreeError",
@@ -24,6 +26,14 @@ class LCAGError(Exception):
 
 class InvalidInputError(LCAGError, ValueError):
     """An argument has the wrong shape, type or value (the message names which)."""
+
+
+class ConfigError(LCAGError, ValueError):
+    """A configuration is unknown, mistyped or impossible (the message names key and value)."""
+
+
+class DatasetError(LCAGError, ValueError):
+    """A dataset directory or file is missing, mixed up or corrupt (file and field named)."""
 
 
 class InvalidTreeError(LCAGError, ValueError):

@@ -1,0 +1,300 @@
+"""Generation configs: what ``configs/data/*.yaml`` may hold, with defaults and checks.
+
+A config file is the whole dataset: the same file and seed give the same bytes. Unknown keys,
+wrong types and physically impossible settings are rejected with the key and value named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lcag.errors import ConfigError
+
+__all__ = [
+    "DecFileChains",
+    "Events",
+    "GenerationConfig",
+    "Kinematics",
+    "Output",
+    "RandomTopologies",
+    "Topologies",
+    "load_config",
+]
+
+SPLITS = ("train", "val", "test", "test_unknown")
+DEFAULT_STABLE = [
+    "e-", "e+", "mu-", "mu+", "pi+", "pi-", "K+", "K-", "p+", "anti-p-", "gamma", "K_L0",
+    "n0", "anti-n0",
+]  # fmt: skip
+
+
+@dataclass
+class RandomTopologies:
+    """Random decay topologies following the paper's protocol (masses in arbitrary units).
+
+    Each particle draws ``min_children..max_children`` children uniformly; a child is a
+    final-state particle at the depth limit, when no intermediate mass fits in what is left of
+    its parent's mass, or at random with probability
+    ``n_fs / (n_fs + intermediate_weight * n_intermediate)`` (list lengths, as in the paper).
+    """
+
+    root_mass: float = 100.0
+    intermediate_masses: list[float] = field(
+        default_factory=lambda: [90.0, 80.0, 70.0, 50.0, 25.0, 20.0, 10.0]
+    )
+    final_state_masses: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0, 12.0])
+    max_depth: int = 8  # levels, the root being level 1
+    min_children: int = 2
+    max_children: int = 5
+    intermediate_weight: float = 1.0
+    relative_width: float = 0.0  # width / mass of intermediate particles (0: fixed masses)
+    min_leaves: int = 2
+    max_leaves: int | None = None
+    unique: bool = True  # reject a topology isomorphic (masses included) to one already drawn
+
+
+@dataclass
+class DecFileChains:
+    """Decay chains drawn from an EvtGen decay table by branching fraction (masses in GeV)."""
+
+    mother: str = "B0"
+    dec_file: str = "DECAY_BELLE2.DEC"  # a table shipped with decaylanguage, or a path
+    stable: list[str] = field(default_factory=lambda: list(DEFAULT_STABLE))
+    use_widths: bool = False  # Breit-Wigner line shapes with the particles' widths
+    min_leaves: int = 2
+    max_leaves: int | None = 12
+    max_depth: int | None = None
+    unique: bool = True  # distinct chains only (names compared, leaf order ignored)
+    max_attempts: int = 100_000  # chains drawn before giving up on the requested count
+
+
+@dataclass
+class Topologies:
+    """How many topologies: ``known`` ones feed train/val/test, ``unknown`` only test_unknown."""
+
+    known: int = 200
+    unknown: int = 50
+
+
+@dataclass
+class Events:
+    """Events per topology and split."""
+
+    train: int = 1000
+    val: int = 100
+    test: int = 100
+    test_unknown: int = 100
+
+
+@dataclass
+class Kinematics:
+    """Kinematics and realism (all realism off by default, as in the paper)."""
+
+    unweight: bool = True  # accept-reject on phasespace's weight: uniform n-body phase space
+    momentum_resolution: float = 0.0  # relative Gaussian smearing of each momentum component
+    mother_momentum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    background_mean: float = 0.0  # Poisson mean of extra leaves outside the tree (LCAG 0)
+    background_momentum: float = 10.0  # mean |p| of background leaves (exponential)
+    background_masses: list[float] | None = None  # default: the final-state masses
+
+
+@dataclass
+class Output:
+    dtype: Literal["float32", "float64"] = "float32"
+    events_per_shard: int = 20_000
+
+
+@dataclass
+class GenerationConfig:
+    """The whole dataset: exactly one of ``random`` and ``decfile`` names the topology source."""
+
+    seed: int = 0
+    random: RandomTopologies | None = None
+    decfile: DecFileChains | None = None
+    topologies: Topologies = field(default_factory=Topologies)
+    events: Events = field(default_factory=Events)
+    kinematics: Kinematics = field(default_factory=Kinematics)
+    output: Output = field(default_factory=Output)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(source: str | Path | dict[str, Any]) -> GenerationConfig:
+    """Read a YAML file (or a dict) into a checked :class:`GenerationConfig`.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or an impossible value, with the file and key.
+    """
+    if isinstance(source, dict):
+        return _build(GenerationConfig, source, "config", "<dict>")
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return _build(GenerationConfig, data, "config", str(path))
+
+
+# ---------------------------------------------------------------------------------- checks
+def _build(cls: type, data: dict[str, Any], where: str, file: str) -> Any:
+    """Construct dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        allowed = ", ".join(sorted(names))
+        raise ConfigError(
+            f"{file}: unknown key {where}.{unknown[0]} (allowed in {where}: {allowed})"
+        )
+    values = {}
+    for key, value in data.items():
+        values[key] = _coerce(hints[key], value, f"{where}.{key}", file)
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str, file: str) -> Any:
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where, file)
+    if dataclasses.is_dataclass(hint):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: {where} must be a mapping, got {value!r}")
+        return _build(hint, value, where, file)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{file}: {where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{file}: {where} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]", file) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{file}: {where} must be true or false, got {value!r}")
+    if hint is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{file}: {where} must be an integer, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{file}: {where} must be a string, got {value!r}")
+    if hint is float and not isinstance(value, float):
+        raise ConfigError(f"{file}: {where} must be a number, got {value!r}")
+    return value
+
+
+def _check(cfg: GenerationConfig) -> None:
+    if (cfg.random is None) == (cfg.decfile is None):
+        raise ConfigError("set exactly one topology source: 'random' or 'decfile'")
+    if cfg.random is not None:
+        _check_random(cfg.random)
+    if cfg.decfile is not None:
+        d = cfg.decfile
+        _at_least("decfile.min_leaves", d.min_leaves, 2)
+        if d.max_leaves is not None:
+            _at_least("decfile.max_leaves", d.max_leaves, d.min_leaves)
+            if d.max_leaves > 127:
+                raise ConfigError(f"decfile.max_leaves = {d.max_leaves}: at most 127 leaves")
+        if d.max_depth is not None:
+            _at_least("decfile.max_depth", d.max_depth, 2)
+        if not d.stable:
+            raise ConfigError("decfile.stable: the list of stable particles is empty")
+    _at_least("topologies.known", cfg.topologies.known, 1)
+    _at_least("topologies.unknown", cfg.topologies.unknown, 0)
+    for split in SPLITS:
+        _at_least(f"events.{split}", getattr(cfg.events, split), 0)
+    k = cfg.kinematics
+    if not 0 <= k.momentum_resolution < 1:
+        raise ConfigError(
+            f"kinematics.momentum_resolution = {k.momentum_resolution}: expected 0 <= value < 1"
+        )
+    if len(k.mother_momentum) != 3:
+        raise ConfigError(
+            f"kinematics.mother_momentum = {k.mother_momentum}: expected [px, py, pz]"
+        )
+    if k.background_mean < 0 or k.background_momentum <= 0:
+        raise ConfigError(
+            "kinematics.background_mean must be >= 0 and background_momentum > 0, got "
+            f"{k.background_mean} and {k.background_momentum}"
+        )
+    if k.background_masses is not None and any(m < 0 for m in k.background_masses):
+        raise ConfigError(f"kinematics.background_masses = {k.background_masses}: negative mass")
+    _at_least("output.events_per_shard", cfg.output.events_per_shard, 1)
+
+
+def _check_random(r: RandomTopologies) -> None:
+    _at_least("random.max_depth", r.max_depth, 2)
+    if r.max_depth > 127:
+        raise ConfigError(f"random.max_depth = {r.max_depth}: at most 127 levels")
+    _at_least("random.min_children", r.min_children, 2)
+    _at_least("random.max_children", r.max_children, r.min_children)
+    _at_least("random.min_leaves", r.min_leaves, 2)
+    if r.max_leaves is not None:
+        _at_least("random.max_leaves", r.max_leaves, r.min_leaves)
+        if r.max_leaves > 127:
+            raise ConfigError(f"random.max_leaves = {r.max_leaves}: at most 127 leaves")
+    if not r.final_state_masses:
+        raise ConfigError("random.final_state_masses: empty list")
+    for key, masses in (
+        ("final_state_masses", r.final_state_masses),
+        ("intermediate_masses", r.intermediate_masses),
+    ):
+        for i, m in enumerate(masses):
+            if not m > 0:
+                raise ConfigError(f"random.{key}[{i}] = {m}: masses must be positive")
+    shared = set(r.intermediate_masses) & set(r.final_state_masses)
+    if shared:
+        raise ConfigError(
+            f"random: mass {sorted(shared)[0]} is both intermediate and final-state; particles "
+            "are told apart by mass, so the lists must not overlap"
+        )
+    lightest = min(r.final_state_masses)
+    # Every decaying particle needs room for at least min_children of the lightest final state.
+    for key, m in [("root_mass", r.root_mass)] + [
+        (f"intermediate_masses[{i}]", m) for i, m in enumerate(r.intermediate_masses)
+    ]:
+        if not m > r.min_children * lightest:
+            raise ConfigError(
+                f"random.{key} = {m}: below threshold, a decay into {r.min_children} of the "
+                f"lightest final-state particle ({lightest}) needs more than "
+                f"{r.min_children * lightest}"
+            )
+    for i, m in enumerate(r.intermediate_masses):
+        if m >= r.root_mass:
+            raise ConfigError(
+                f"random.intermediate_masses[{i}] = {m}: must be below root_mass {r.root_mass}"
+            )
+    if not 0 <= r.relative_width < 0.5:
+        raise ConfigError(f"random.relative_width = {r.relative_width}: expected 0 <= value < 0.5")
+    if r.intermediate_weight < 0:
+        raise ConfigError(f"random.intermediate_weight = {r.intermediate_weight}: must be >= 0")
+
+
+def _at_least(key: str, value: int, lowest: int) -> None:
+    if value < lowest:
+        raise ConfigError(f"{key} = {value}: must be at least {lowest}")

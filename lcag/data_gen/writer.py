@@ -1,0 +1,491 @@
+"""Sharded, resumable, parallel dataset generation (the engine behind ``lcag-generate``).
+
+Shards are independent units: shard ``i`` of split ``s`` draws its random numbers from
+``SeedSequence(seed, spawn_key=(SHARD_KEY, split, i))`` and holds a fixed list of
+``(topology, events)`` pieces, so its bytes do not depend on how many workers run or in which
+order. A shard is written to a temporary name, its checksum file is written, then it is
+renamed; a rerun keeps every shard whose checksum matches and redoes the rest. The manifest
+is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lcag.data_gen.config import SPLITS, GenerationConfig
+from lcag.data_gen.shards import (
+    FEATURES,
+    MANIFEST,
+    SCHEMA_VERSION,
+    TMP_SUFFIX,
+    TopologyTable,
+    atomic_write_text,
+    checksum_path,
+    sha256_of,
+    shard_path,
+)
+from lcag.data_gen.topology import Topology
+from lcag.errors import DatasetError
+from lcag.matrix import permute, tree_to_lcag
+
+__all__ = [
+    "ShardPlan",
+    "build_topologies",
+    "generate_dataset",
+    "plan_shards",
+    "publish_shard",
+    "write_manifest",
+]
+
+STATE = "generation.json"  # the config a directory is being generated with (written first)
+TOPOLOGY_KEY, WEIGHT_KEY, SHARD_KEY = 0, 1, 2  # spawn_key prefixes of the seed streams
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard: which topologies, how many events of each."""
+
+    split: str
+    index: int
+    pieces: tuple[tuple[int, int], ...]  # (topology id, events)
+
+    @property
+    def n_events(self) -> int:
+        return sum(count for _, count in self.pieces)
+
+
+def build_topologies(cfg: GenerationConfig) -> list[Topology]:
+    """The dataset's topologies: ``known`` first, then ``unknown`` (never in training)."""
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(TOPOLOGY_KEY,)))
+    count = cfg.topologies.known + cfg.topologies.unknown
+    if cfg.random is not None:
+        from lcag.data_gen.topology import sample_random_topologies
+
+        return sample_random_topologies(cfg.random, count, rng)
+    from lcag.data_gen.decfile import sample_decfile_topologies
+
+    return sample_decfile_topologies(cfg.decfile, count, rng)
+
+
+def plan_shards(cfg: GenerationConfig) -> list[ShardPlan]:
+    """Cut each split's events into shards of at most ``output.events_per_shard`` events."""
+    n_known, n_unknown = cfg.topologies.known, cfg.topologies.unknown
+    plans = []
+    for split in SPLITS:
+        ids = range(n_known, n_known + n_unknown) if split == "test_unknown" else range(n_known)
+        per_topology = getattr(cfg.events, split)
+        pieces: list[tuple[int, int]] = []
+        room = cfg.output.events_per_shard
+        for topology in ids:
+            left = per_topology
+            while left > 0:
+                take = min(left, room)
+                pieces.append((topology, take))
+                left -= take
+                room -= take
+                if room == 0:
+                    plans.append(ShardPlan(split, _count(plans, split), tuple(pieces)))
+                    pieces, room = [], cfg.output.events_per_shard
+        if pieces:
+            plans.append(ShardPlan(split, _count(plans, split), tuple(pieces)))
+    return plans
+
+
+def _count(plans: list[ShardPlan], split: str) -> int:
+    return sum(1 for p in plans if p.split == split)
+
+
+# ----------------------------------------------------------------------------- the driver
+def generate_dataset(
+    cfg: GenerationConfig,
+    out: Path,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_shard: Callable[[ShardPlan], None] | None = None,
+) -> dict[str, Any]:
+    """Generate (or finish) the dataset of ``cfg`` in ``out``; returns the manifest.
+
+    Args:
+        workers: processes generating shards; the output does not depend on it.
+        overwrite: replace a dataset of another config found in ``out``.
+        progress: show a progress bar with events/s.
+        on_shard: called in this process after each shard is complete.
+
+    Raises:
+        DatasetError: ``out`` holds another config or foreign files.
+    """
+    out = Path(out)
+    _claim_directory(out, cfg, overwrite)
+    topologies = build_topologies(cfg)
+    table = TopologyTable.from_topologies(topologies, cfg.topologies.known)
+    plans = plan_shards(cfg)
+    pending = [p for p in plans if not _shard_is_done(out, p)]
+    done_events = sum(p.n_events for p in plans) - sum(p.n_events for p in pending)
+    with _ProgressBar(progress, sum(p.n_events for p in plans), done_events) as advance:
+        tasks = [(cfg, table, out, plan) for plan in pending]
+        if workers <= 1:
+            for task in tasks:
+                write_shard(*task)
+                advance(task[3].n_events)
+                if on_shard:
+                    on_shard(task[3])
+        else:
+            ctx = get_context("spawn")  # TensorFlow is not fork-safe
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {pool.submit(write_shard, *task): task[3] for task in tasks}
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        advance(futures[future].n_events)
+                        if on_shard:
+                            on_shard(futures[future])
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    return write_manifest(
+        out,
+        config=cfg.to_dict(),
+        shards=plans,
+        table=table,
+        n_classes=_n_classes(cfg, [t.depth for t in topologies]),
+        units="GeV" if cfg.decfile is not None else "arbitrary (the paper's mass units)",
+        dtype=cfg.output.dtype,
+    )
+
+
+def _claim_directory(out: Path, cfg: GenerationConfig, overwrite: bool) -> None:
+    """Make ``out`` ours for ``cfg``: refuse another config, clear leftovers of a crash."""
+    state_file = out / STATE
+    wanted = {"schema_version": SCHEMA_VERSION, "config": cfg.to_dict()}
+    if state_file.is_file():
+        held = json.loads(state_file.read_text())
+        if held != wanted:
+            if not overwrite:
+                difference = _first_difference(held, wanted)
+                raise DatasetError(
+                    f"{out}: holds a dataset of another config ({difference}); "
+                    "pass --overwrite to replace it, or choose another directory"
+                )
+            _remove_dataset(out)
+    elif out.exists() and any(out.iterdir()):
+        raise DatasetError(
+            f"{out}: not empty and not an lcag dataset (no {STATE}); choose an empty directory"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state_file, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
+    for split in SPLITS:
+        folder = out / split
+        folder.mkdir(exist_ok=True)
+        for leftover in folder.glob(f"*{TMP_SUFFIX}*"):
+            leftover.unlink()
+
+
+def _remove_dataset(out: Path) -> None:
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    for name in (MANIFEST, STATE):
+        (out / name).unlink(missing_ok=True)
+
+
+def _first_difference(held: Any, wanted: Any, where: str = "") -> str:
+    if isinstance(held, dict) and isinstance(wanted, dict):
+        for key in sorted(set(held) | set(wanted)):
+            if held.get(key) != wanted.get(key):
+                return _first_difference(
+                    held.get(key), wanted.get(key), f"{where}.{key}".strip(".")
+                )
+    return f"{where}: {held!r} there, {wanted!r} here"
+
+
+def _shard_is_done(out: Path, plan: ShardPlan) -> bool:
+    """A shard counts only when its file matches its checksum; otherwise it is removed."""
+    path = shard_path(out, plan.split, plan.index)
+    check = checksum_path(path)
+    if path.is_file() and check.is_file() and check.read_text().strip() == sha256_of(path):
+        return True
+    path.unlink(missing_ok=True)
+    check.unlink(missing_ok=True)
+    return False
+
+
+class _ProgressBar:
+    """A rich progress bar in events with an events/s column (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class EventsPerSecond(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:,.0f} events/s" if speed else "- events/s")
+
+        self._progress = Progress(
+            TextColumn("generating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            EventsPerSecond(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self._progress.start()
+        task = self._progress.add_task("events", total=self.total, completed=self.done)
+        return lambda n: self._progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+
+# ------------------------------------------------------------------------- one shard
+_WORKER: dict[str, Any] = {}  # per process: the phasespace engine, topologies, weight maxima
+
+
+def write_shard(cfg: GenerationConfig, table: TopologyTable, out: Path, plan: ShardPlan) -> None:
+    """Generate one shard and publish it atomically (checksum first, then the file)."""
+    publish_shard(
+        shard_path(out, plan.split, plan.index),
+        _shard_events(cfg, table, plan),
+        table,
+        np.dtype(cfg.output.dtype),
+        split=plan.split,
+        index=plan.index,
+    )
+
+
+Groups = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def publish_shard(
+    path: Path, groups: Groups, table: TopologyTable, dtype: np.dtype, *, split: str, index: int
+) -> None:
+    """Write events grouped by leaf count to ``path`` atomically, with its checksum file.
+
+    Args:
+        groups: leaf count ``n`` -> ``(features (N, n, F), lcag (N, n, n), topology (N,),
+            order (N, n))``.
+        table: the dataset's topology table, stored in every shard.
+        dtype: the feature dtype on disk.
+    """
+    import h5py
+
+    tmp = path.with_name(path.name + f"{TMP_SUFFIX}-{os.getpid()}")
+    total = np.zeros(len(FEATURES))
+    squares = np.zeros(len(FEATURES))
+    leaves = 0
+    events = 0
+    with h5py.File(tmp, "w") as handle:
+        for n in sorted(groups):
+            features, lcag, topology, order = groups[n]
+            group = handle.create_group(f"L{n}")
+            for name, data, kind in (
+                ("features", features, dtype),
+                ("lcag", lcag, np.int8),
+                ("topology", topology, np.int32),
+                ("order", order, np.int8),
+            ):
+                group.create_dataset(name, data=data.astype(kind), track_times=False)
+            stored = features.astype(dtype).astype(np.float64)
+            total += stored.sum(axis=(0, 1))
+            squares += np.square(stored).sum(axis=(0, 1))
+            leaves += stored.shape[0] * stored.shape[1]
+            events += stored.shape[0]
+        handle.attrs["schema_version"] = SCHEMA_VERSION
+        handle.attrs["split"] = split
+        handle.attrs["shard"] = index
+        handle.attrs["n_events"] = events
+        handle.attrs["feature_sum"] = total
+        handle.attrs["feature_sum_squares"] = squares
+        handle.attrs["leaf_count"] = leaves
+        table.write(handle.create_group("topologies"))
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    atomic_write_text(checksum_path(path), sha256_of(tmp) + "\n")
+    os.replace(tmp, path)
+
+
+def _shard_events(
+    cfg: GenerationConfig, table: TopologyTable, plan: ShardPlan
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Events of a shard grouped by leaf count: features, lcag, topology ids, leaf orders."""
+    from lcag.data_gen.kinematics import (
+        NBodyEngine,
+        add_background,
+        generate_events,
+        max_weights,
+        smear,
+    )
+
+    if "engine" not in _WORKER:
+        _WORKER["engine"] = NBodyEngine()
+    engine = _WORKER["engine"]
+    cache = _WORKER.setdefault("topologies", {})
+    ids = [tid for tid, _ in plan.pieces]
+    for tid in ids:
+        if (cfg.seed, tid) not in cache:
+            topology = table.topology(tid)
+            weight_rng = np.random.default_rng(
+                np.random.SeedSequence(cfg.seed, spawn_key=(WEIGHT_KEY, tid))
+            )
+            ceiling = max_weights(topology, engine, weight_rng) if cfg.kinematics.unweight else None
+            cache[cfg.seed, tid] = (topology, tree_to_lcag(topology.tree), ceiling)
+    topologies = [cache[cfg.seed, tid][0] for tid in ids]
+    split_index = SPLITS.index(plan.split)
+    rng = np.random.default_rng(
+        np.random.SeedSequence(cfg.seed, spawn_key=(SHARD_KEY, split_index, plan.index))
+    )
+    blocks = generate_events(
+        topologies,
+        [count for _, count in plan.pieces],
+        rng,
+        engine,
+        cfg.kinematics,
+        [cache[cfg.seed, tid][2] for tid in ids] if cfg.kinematics.unweight else None,
+    )
+    groups: dict[int, list[tuple]] = {}
+    final_state = table.final_state_masses()
+    for tid, topology, block in zip(ids, topologies, blocks, strict=True):
+        leaf_masses = topology.tree.masses[: topology.n_leaves]
+        leaves = smear(block.leaves, leaf_masses, cfg.kinematics.momentum_resolution, rng)
+        background = add_background(len(leaves), cfg.kinematics, final_state, rng)
+        base = cache[cfg.seed, tid][1]
+        for n_extra in sorted({len(b) for b in background}):
+            events = [e for e, b in enumerate(background) if len(b) == n_extra]
+            extra = np.stack([background[e] for e in events]) if n_extra else None
+            part = _shuffled(tid, leaves[events], extra, base, rng)
+            groups.setdefault(part[0].shape[1], []).append(part)
+    return {
+        n: tuple(np.concatenate([p[k] for p in parts]) for k in range(4))
+        for n, parts in groups.items()
+    }
+
+
+def _shuffled(
+    topology_id: int,
+    leaves: np.ndarray,
+    extra: np.ndarray | None,
+    base_lcag: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Append background leaves, shuffle leaves per event; returns (features, lcag, id, order)."""
+    E, L, _ = leaves.shape
+    n_extra = 0 if extra is None else extra.shape[1]
+    n = L + n_extra
+    features = leaves if extra is None else np.concatenate([leaves, extra], axis=1)
+    full = np.zeros((n, n), dtype=np.int64)
+    full[:L, :L] = base_lcag
+    source = np.concatenate([np.arange(L), np.full(n_extra, -1)])  # topology leaf or -1
+    order = np.argsort(rng.random((E, n)), axis=1)  # event leaf k <- unshuffled leaf order[k]
+    shuffled = np.take_along_axis(features, order[:, :, None], axis=1)
+    lcag = permute(np.broadcast_to(full, (E, n, n)), order)
+    return shuffled, lcag, np.full(E, topology_id, dtype=np.int32), source[order]
+
+
+# --------------------------------------------------------------------------- manifest
+def write_manifest(
+    out: Path,
+    *,
+    config: dict[str, Any],
+    shards: Sequence[ShardPlan],
+    table: TopologyTable,
+    n_classes: int,
+    units: str,
+    dtype: str,
+) -> dict[str, Any]:
+    """Summarise finished shards into ``out/manifest.json`` (written atomically, last).
+
+    Event counts, leaf counts and checksums are read from the shards themselves; the
+    normalisation statistics are those of the train split's leaves.
+    """
+    import h5py
+
+    splits: dict[str, Any] = {s: {"events": 0, "shards": []} for s in SPLITS}
+    total = np.zeros(len(FEATURES))
+    squares = np.zeros(len(FEATURES))
+    leaves = 0
+    for plan in shards:
+        path = shard_path(out, plan.split, plan.index)
+        with h5py.File(path, "r") as handle:
+            counts = {k[1:]: int(handle[k]["topology"].shape[0]) for k in handle if k[0] == "L"}
+            n_events = int(handle.attrs["n_events"])
+            if plan.split == "train":
+                total += handle.attrs["feature_sum"]
+                squares += handle.attrs["feature_sum_squares"]
+                leaves += int(handle.attrs["leaf_count"])
+        splits[plan.split]["shards"].append(
+            {
+                "file": str(path.relative_to(out)),
+                "events": n_events,
+                "sha256": checksum_path(path).read_text().strip(),
+                "leaf_counts": dict(sorted(counts.items(), key=lambda kv: int(kv[0]))),
+            }
+        )
+        splits[plan.split]["events"] += n_events
+    mean = total / max(leaves, 1)
+    std = np.sqrt(np.maximum(squares / max(leaves, 1) - mean**2, 0.0))
+    leaf_counts = [int(n) for s in splits.values() for sh in s["shards"] for n in sh["leaf_counts"]]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "seed": config.get("seed"),
+        "versions": _versions(),
+        "features": list(FEATURES),
+        "units": units,
+        "dtype": dtype,
+        "n_classes": n_classes,
+        "max_leaves": max(leaf_counts, default=0),
+        "topologies": {
+            "known": int(table.known.sum()),
+            "unknown": int((~table.known).sum()),
+            "max_depth": max(t.depth for t in table),
+            "stored_in": "/topologies of every shard",
+        },
+        "splits": splits,
+        "normalisation": {"split": "train", "mean": mean.tolist(), "std": std.tolist()},
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def _n_classes(cfg: GenerationConfig, depths: Sequence[int]) -> int:
+    """LCAG classes C: 0 (diagonal, background) and heights 1..depth-1, depth from the config."""
+    limit = cfg.random.max_depth if cfg.random is not None else cfg.decfile.max_depth
+    return int(limit or max(depths))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("lcag", "numpy", "h5py", "phasespace", "tensorflow", "decaylanguage", "particle"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
