@@ -41,6 +41,7 @@ from lcag.matrix import permute, tree_to_lcag
 __all__ = [
     "ShardPlan",
     "build_topologies",
+    "claim_directory",
     "generate_dataset",
     "plan_shards",
     "publish_shard",
@@ -127,7 +128,7 @@ def generate_dataset(
         DatasetError: ``out`` holds another config or foreign files.
     """
     out = Path(out)
-    _claim_directory(out, cfg, overwrite)
+    claim_directory(out, cfg.to_dict(), overwrite)
     topologies = build_topologies(cfg)
     table = TopologyTable.from_topologies(topologies, cfg.topologies.known)
     plans = plan_shards(cfg)
@@ -166,10 +167,15 @@ def generate_dataset(
     )
 
 
-def _claim_directory(out: Path, cfg: GenerationConfig, overwrite: bool) -> None:
-    """Make ``out`` ours for ``cfg``: refuse another config, clear leftovers of a crash."""
+def claim_directory(out: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Make ``out`` ours for ``config``: refuse another config, clear leftovers of a crash.
+
+    Raises:
+        DatasetError: ``out`` holds a dataset of another config (unless ``overwrite``) or
+            foreign files.
+    """
     state_file = out / STATE
-    wanted = {"schema_version": SCHEMA_VERSION, "config": cfg.to_dict()}
+    wanted = {"schema_version": SCHEMA_VERSION, "config": config}
     if state_file.is_file():
         held = json.loads(state_file.read_text())
         if held != wanted:
