@@ -49,7 +49,8 @@ __all__ = [
 
 
 _MAX_ROWS_PER_PASS = 1 << 20  # bounds memory of one accept-reject pass
-_SCAN_TRIES = 2048  # trial decays per topology node for its maximum-weight estimate
+_WEIGHT_KEY = 1  # spawn_key prefix of the maximum-weight estimates' seeds
+_SCAN_TRIES = 2048  # trial decays per distinct decay for its maximum-weight estimate
 _MARGIN = 1.1  # safety factor on the estimated maximum weight
 
 
@@ -61,7 +62,7 @@ class NBodyEngine:
             children is traced exactly once.
     """
 
-    def __init__(self, chunk_size: int = 8192) -> None:
+    def __init__(self, chunk_size: int = 16384) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
 
@@ -199,7 +200,7 @@ def generate_events(
 
     Args:
         ceilings: per topology, :func:`max_weights` (needed when ``kinematics.unweight``;
-            computed here from ``rng`` when not given).
+            estimated here with a seed drawn from ``rng`` when not given).
 
     The result depends only on the inputs and ``rng``'s state.
 
@@ -207,7 +208,7 @@ def generate_events(
         One :class:`EventBlock` per topology, before resolution, background and shuffling.
     """
     if kinematics.unweight and ceilings is None:
-        ceilings = [max_weights(t, engine, rng) for t in topologies]
+        ceilings = max_weights(topologies, engine, int(rng.integers(2**63)))
     masses = [sample_masses(t, int(c), rng) for t, c in zip(topologies, counts, strict=True)]
     # Gather every inner node's rest-frame decay, grouped by its number of children.
     requests: dict[int, list[tuple[int, int]]] = {}
@@ -256,34 +257,48 @@ def generate_events(
     return blocks
 
 
-def max_weights(topology: Topology, engine: NBodyEngine, rng: np.random.Generator) -> np.ndarray:
-    """``(n_nodes,)`` estimated maximum decay weight of each inner node (1 elsewhere).
+def max_weights(topologies: Sequence[Topology], engine: NBodyEngine, seed: int) -> list[np.ndarray]:
+    """Per topology, ``(n_nodes,)`` the estimated maximum decay weight of each node.
 
     phasespace normalises weights to an analytic bound that is loose (measured here: the true
     maxima are about 0.45, 0.14, 0.033 and 0.0056 of it for 3, 4, 5 and 6 bodies), so
-    accept-reject against the bound would throw away up to 99.9 % of decays. Instead each
-    node's maximum is the largest weight of ``_SCAN_TRIES`` trial decays (masses drawn as in
-    generation) times ``_MARGIN``; a weight above it, which is rare, is simply accepted.
-    Computed from ``rng`` alone, so it can be cached per topology.
+    accept-reject against the bound would throw away up to 99.9 % of decays. Instead a node's
+    maximum is the largest weight of ``_SCAN_TRIES`` trial decays times ``_MARGIN``; a weight
+    above it, which is rare, is simply accepted. Two-body decays all weigh the same (1).
+    Nodes with fixed masses share one estimate per distinct decay (mass ratios); nodes with
+    Breit-Wigner masses get their own. The result depends only on ``seed`` and the topologies.
     """
-    tree = topology.tree
-    ceiling = np.ones(tree.n_nodes)
-    masses = sample_masses(topology, _SCAN_TRIES, rng)
-    by_size: dict[int, list[int]] = {}
-    for node in tree.inner_nodes:
-        by_size.setdefault(len(tree.children(node)), []).append(node)
-    for n_children in sorted(by_size):
-        if n_children == 2:
-            continue
-        nodes = by_size[n_children]
-        ratios = np.concatenate(
-            [masses[:, list(tree.children(v))] / masses[:, v, None] for v in nodes]
-        )
-        _, weights = engine.raw(ratios, rng)
-        for k, node in enumerate(nodes):
-            trial = weights[k * _SCAN_TRIES : (k + 1) * _SCAN_TRIES]
-            ceiling[node] = min(1.0, _MARGIN * trial.max())
-    return ceiling
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_WEIGHT_KEY,)))
+    out = [np.ones(t.tree.n_nodes) for t in topologies]
+    trials: dict[tuple, np.ndarray] = {}  # key -> (_SCAN_TRIES, n) ratios, in first-seen order
+    users: dict[tuple, list[tuple[int, int]]] = {}
+    for k, topology in enumerate(topologies):
+        tree = topology.tree
+        for node in tree.inner_nodes:
+            kids = list(tree.children(node))
+            if len(kids) == 2:
+                continue
+            if topology.widths[node] == 0 and not topology.widths[kids].any():
+                ratios = np.sort(tree.masses[kids] / tree.masses[node])
+                key: tuple = (len(kids), ratios.tobytes())
+                if key not in trials:
+                    trials[key] = np.broadcast_to(ratios, (_SCAN_TRIES, len(kids)))
+            else:
+                key = (len(kids), k, node)
+                masses = sample_masses(topology, _SCAN_TRIES, rng)
+                trials[key] = masses[:, kids] / masses[:, node, None]
+            users.setdefault(key, []).append((k, node))
+    keys = sorted(trials, key=lambda key: key[0])  # stable: first-seen order within each n
+    for n_children in sorted({key[0] for key in keys}):
+        group = [key for key in keys if key[0] == n_children]
+        _, weights = engine.raw(np.concatenate([trials[key] for key in group]), rng)
+        for i, key in enumerate(group):
+            estimate = min(
+                1.0, _MARGIN * float(weights[i * _SCAN_TRIES : (i + 1) * _SCAN_TRIES].max())
+            )
+            for k, node in users[key]:
+                out[k][node] = estimate
+    return out
 
 
 def sample_masses(topology: Topology, n_events: int, rng: np.random.Generator) -> np.ndarray:

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 STATE = "generation.json"  # the config a directory is being generated with (written first)
-TOPOLOGY_KEY, WEIGHT_KEY, SHARD_KEY = 0, 1, 2  # spawn_key prefixes of the seed streams
+TOPOLOGY_KEY, SHARD_KEY = 0, 2  # spawn_key prefixes of the seed streams (1: weight maxima)
 
 
 @dataclass(frozen=True)
@@ -134,18 +134,24 @@ def generate_dataset(
     plans = plan_shards(cfg)
     pending = [p for p in plans if not _shard_is_done(out, p)]
     done_events = sum(p.n_events for p in plans) - sum(p.n_events for p in pending)
+    pool = None
+    if workers > 1 and pending:
+        # Workers start (TensorFlow import, tracing) while this process estimates weights.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        for _ in range(workers):
+            pool.submit(_warm_up)
+    ceilings = _ceilings(cfg, topologies) if pending and cfg.kinematics.unweight else None
     with _ProgressBar(progress, sum(p.n_events for p in plans), done_events) as advance:
-        tasks = [(cfg, table, out, plan) for plan in pending]
-        if workers <= 1:
+        tasks = [(cfg, table, ceilings, out, plan) for plan in pending]
+        if pool is None:
             for task in tasks:
                 write_shard(*task)
-                advance(task[3].n_events)
+                advance(task[-1].n_events)
                 if on_shard:
-                    on_shard(task[3])
+                    on_shard(task[-1])
         else:
-            ctx = get_context("spawn")  # TensorFlow is not fork-safe
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(write_shard, *task): task[3] for task in tasks}
+            with pool:
+                futures = {pool.submit(write_shard, *task): task[-1] for task in tasks}
                 try:
                     for future in as_completed(futures):
                         future.result()
@@ -273,11 +279,37 @@ class _ProgressBar:
 _WORKER: dict[str, Any] = {}  # per process: the phasespace engine, topologies, weight maxima
 
 
-def write_shard(cfg: GenerationConfig, table: TopologyTable, out: Path, plan: ShardPlan) -> None:
+def _ceilings(cfg: GenerationConfig, topologies: Sequence[Topology]) -> list[np.ndarray]:
+    """Maximum decay weights for accept-reject, estimated once for all workers."""
+    from lcag.data_gen.kinematics import max_weights
+
+    return max_weights(topologies, _engine(), cfg.seed)
+
+
+def _warm_up() -> None:
+    _engine()
+
+
+def _engine() -> Any:
+    """This process's phasespace engine (created, and TensorFlow imported, on first use)."""
+    from lcag.data_gen.kinematics import NBodyEngine
+
+    if "engine" not in _WORKER:
+        _WORKER["engine"] = NBodyEngine()
+    return _WORKER["engine"]
+
+
+def write_shard(
+    cfg: GenerationConfig,
+    table: TopologyTable,
+    ceilings: Sequence[np.ndarray] | None,
+    out: Path,
+    plan: ShardPlan,
+) -> None:
     """Generate one shard and publish it atomically (checksum first, then the file)."""
     publish_shard(
         shard_path(out, plan.split, plan.index),
-        _shard_events(cfg, table, plan),
+        _shard_events(cfg, table, ceilings, plan),
         table,
         np.dtype(cfg.output.dtype),
         split=plan.split,
@@ -337,30 +369,21 @@ def publish_shard(
 
 
 def _shard_events(
-    cfg: GenerationConfig, table: TopologyTable, plan: ShardPlan
-) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    cfg: GenerationConfig,
+    table: TopologyTable,
+    ceilings: Sequence[np.ndarray] | None,
+    plan: ShardPlan,
+) -> Groups:
     """Events of a shard grouped by leaf count: features, lcag, topology ids, leaf orders."""
-    from lcag.data_gen.kinematics import (
-        NBodyEngine,
-        add_background,
-        generate_events,
-        max_weights,
-        smear,
-    )
+    from lcag.data_gen.kinematics import add_background, generate_events, smear
 
-    if "engine" not in _WORKER:
-        _WORKER["engine"] = NBodyEngine()
-    engine = _WORKER["engine"]
+    engine = _engine()
     cache = _WORKER.setdefault("topologies", {})
     ids = [tid for tid, _ in plan.pieces]
     for tid in ids:
         if (cfg.seed, tid) not in cache:
             topology = table.topology(tid)
-            weight_rng = np.random.default_rng(
-                np.random.SeedSequence(cfg.seed, spawn_key=(WEIGHT_KEY, tid))
-            )
-            ceiling = max_weights(topology, engine, weight_rng) if cfg.kinematics.unweight else None
-            cache[cfg.seed, tid] = (topology, tree_to_lcag(topology.tree), ceiling)
+            cache[cfg.seed, tid] = (topology, tree_to_lcag(topology.tree))
     topologies = [cache[cfg.seed, tid][0] for tid in ids]
     split_index = SPLITS.index(plan.split)
     rng = np.random.default_rng(
@@ -372,7 +395,7 @@ def _shard_events(
         rng,
         engine,
         cfg.kinematics,
-        [cache[cfg.seed, tid][2] for tid in ids] if cfg.kinematics.unweight else None,
+        None if ceilings is None else [ceilings[tid] for tid in ids],
     )
     groups: dict[int, list[tuple]] = {}
     final_state = table.final_state_masses()

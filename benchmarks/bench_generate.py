@@ -1,0 +1,118 @@
+"""Generation throughput and memory: ``lcag-generate`` on the paper's protocol, scaled down.
+
+Run: ``python benchmarks/bench_generate.py [--workers 2] [--topologies 40]``
+
+1. ``configs/data/paper.yaml`` with fewer topologies and events, through the real command with
+   ``--workers N``, at two sizes 10x apart: events/s (wall clock, start-up included) and the
+   peak resident memory of the whole process tree (main + workers, sampled every 50 ms).
+2. The straightforward way, for comparison: one phasespace ``GenParticle`` tree per topology
+   and split, one ``generate`` call each (what the paper's code does), on a few topologies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs" / "data" / "paper.yaml"
+
+
+def scaled_config(topologies: int, events: dict[str, int]) -> dict:
+    data = yaml.safe_load(PAPER.read_text())
+    data = copy.deepcopy(data)
+    data["topologies"] = {"known": topologies, "unknown": max(1, topologies // 4)}
+    data["events"] = events
+    return data
+
+
+def run_generate(config: dict, workers: int) -> tuple[int, float, float]:
+    """Run lcag-generate; returns (events, seconds, peak RSS of the process tree in MiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        command = [
+            sys.executable, "-m", "lcag.data_gen.cli", "--config", str(path),
+            "--out", str(Path(tmp) / "data"), "--workers", str(workers), "--no-progress",
+        ]  # fmt: skip
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = 0
+        parent = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [parent, *parent.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        if process.returncode:
+            raise SystemExit(process.stderr.read().decode())
+        process.stderr.close()
+        manifest = yaml.safe_load((Path(tmp) / "data" / "manifest.json").read_text())
+        events = sum(split["events"] for split in manifest["splits"].values())
+    return events, seconds, peak / 2**20
+
+
+def plain_loop(topologies: int, events: dict[str, int]) -> tuple[int, float]:
+    """One GenParticle tree per topology and split, one generate() call each."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import phasespace
+
+    from lcag.data_gen.config import load_config
+    from lcag.data_gen.writer import build_topologies
+
+    cfg = load_config(scaled_config(topologies, events))
+    drawn = build_topologies(cfg)[:topologies]
+
+    def as_particle(tree, node, counter):
+        counter[0] += 1
+        name = f"p{counter[0]}"
+        kids = [as_particle(tree, c, counter) for c in tree.children(node)]
+        particle = phasespace.GenParticle(name, float(tree.masses[node]))
+        return particle.set_children(*kids) if kids else particle
+
+    total = 0
+    start = time.perf_counter()
+    for topology in drawn:
+        for split in ("train", "val", "test"):
+            root = as_particle(topology.tree, topology.tree.root, [0])
+            n = events[split]
+            _, particles = root.generate(n_events=n, seed=int(np.random.default_rng(0).integers(1e9)))
+            total += n
+    return total, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--topologies", type=int, default=40, help="known topologies")
+    parser.add_argument("--plain-topologies", type=int, default=5)
+    args = parser.parse_args()
+    small = {"train": 2000, "val": 200, "test": 200, "test_unknown": 200}
+    large = {k: 10 * v for k, v in small.items()}
+    print(f"# paper.yaml scaled: {args.topologies} known topologies, --workers {args.workers}, "
+          f"{psutil.cpu_count()} cores")
+    print(f"{'run':<28} {'events':>9} {'seconds':>8} {'events/s':>9} {'peak RSS':>9}")
+    for label, events in (("lcag-generate (1x)", small), ("lcag-generate (10x)", large)):
+        n, seconds, rss = run_generate(scaled_config(args.topologies, events), args.workers)
+        print(f"{label:<28} {n:>9,} {seconds:>8.1f} {n / seconds:>9,.0f} {rss:>8.0f}M")
+    n, seconds = plain_loop(args.plain_topologies, small)
+    print(f"{'plain phasespace loop':<28} {n:>9,} {seconds:>8.1f} {n / seconds:>9,.0f}        -")
+    print(f"# plain loop: {args.plain_topologies} topologies x (train, val, test), one process")
+
+
+if __name__ == "__main__":
+    main()
