@@ -296,7 +296,8 @@ def permute(matrix: np.ndarray, order: np.ndarray | Sequence[int]) -> np.ndarray
 
     Args:
         matrix: ``(L, L)`` or ``(N, L, L)`` (any pairwise matrix, LCAG or LCAS).
-        order: ``(L,)`` applied to every event, or ``(N, L)`` one permutation per event.
+        order: ``(L,)`` applied to every event, or ``(N, L)`` one permutation per event (an
+            ``(L, L)`` matrix is then shared by all ``N`` events).
 
     Returns:
         The permuted matrix, same shape: ``out[..., a, b] = matrix[..., order[a], order[b]]``.
@@ -306,6 +307,8 @@ def permute(matrix: np.ndarray, order: np.ndarray | Sequence[int]) -> np.ndarray
     L = M.shape[-1]
     if M.ndim not in (2, 3) or M.shape[-2] != L:
         raise InvalidInputError(f"matrix: expected (L, L) or (N, L, L), got shape {M.shape}")
+    if M.ndim == 2 and idx.ndim == 2:
+        M = np.broadcast_to(M, (idx.shape[0], L, L))
     if idx.shape[-1:] != (L,) or idx.ndim > M.ndim - 1 or not np.issubdtype(idx.dtype, np.integer):
         raise InvalidInputError(
             f"order: expected integer shape ({L},) or (N, {L}) for matrix {M.shape}, "

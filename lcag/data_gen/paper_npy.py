@@ -194,7 +194,7 @@ def convert_paper_npy(
         shards=plans,
         table=table,
         n_classes=max(t.depth for t in topologies),
-        units="arbitrary (the paper's mass units)",
+        units="a.u. (the paper's mass units)",
         dtype=dtype,
     )
 

@@ -168,7 +168,7 @@ def generate_dataset(
         shards=plans,
         table=table,
         n_classes=_n_classes(cfg, [t.depth for t in topologies]),
-        units="GeV" if cfg.decfile is not None else "arbitrary (the paper's mass units)",
+        units="GeV" if cfg.decfile is not None else "a.u. (the paper's mass units)",
         dtype=cfg.output.dtype,
     )
 
@@ -432,7 +432,7 @@ def _shuffled(
     source = np.concatenate([np.arange(L), np.full(n_extra, -1)])  # topology leaf or -1
     order = np.argsort(rng.random((E, n)), axis=1)  # event leaf k <- unshuffled leaf order[k]
     shuffled = np.take_along_axis(features, order[:, :, None], axis=1)
-    lcag = permute(np.broadcast_to(full, (E, n, n)), order)
+    lcag = permute(full, order)
     return shuffled, lcag, np.full(E, topology_id, dtype=np.int32), source[order]
 
 

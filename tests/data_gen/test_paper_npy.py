@@ -137,7 +137,7 @@ def test_split_event_counts_and_shards(converted):
         "stored_in": "/topologies of every shard",
     }
     assert manifest["n_classes"] == manifest["topologies"]["max_depth"]
-    assert manifest["units"] == "arbitrary (the paper's mass units)"
+    assert manifest["units"] == "a.u. (the paper's mass units)"
     config = manifest["config"]
     assert config["source"] == "paper_npy"
     assert config["skipped"] == [
