@@ -29,6 +29,7 @@ demo:
 
 bench: setup
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_generate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
