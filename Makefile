@@ -23,9 +23,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-demo:
-	@echo "make demo (generate tiny data, train, evaluate) arrives with the training models;"
-	@echo "for now: $(PY) benchmarks/bench_decode.py"
+# Generate tiny data, train the tiny Transformer on CPU, test it and print the results table.
+demo: setup
+	$(VENV)/bin/lcag-generate --config configs/data/tiny.yaml --out data/tiny --workers 2
+	$(VENV)/bin/lcag fit --config configs/fit/tiny_transformer.yaml
+	$(VENV)/bin/lcag test --config configs/fit/tiny_transformer.yaml \
+		--ckpt_path runs/tiny_transformer/checkpoints/best.ckpt
 
 bench: setup
 	$(PY) benchmarks/bench_decode.py

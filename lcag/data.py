@@ -1,0 +1,311 @@
+"""Reading lcag datasets for training: a lazy HDF5 Dataset, a bucketing sampler, collate, and
+the LightningDataModule.
+
+Events are read as raw leaf 4-momenta; normalisation and pair features happen in the model's
+module (``lcag.module``), so a checkpoint carries them and inference applies exactly the same.
+Files are opened lazily, once per process (DataLoader workers open their own), and never read
+whole: a batch is a slice of one leaf-count group of one shard.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lcag.data_gen.shards import TopologyTable, read_manifest
+from lcag.errors import DatasetError
+
+__all__ = ["BucketBatchSampler", "LCAGDataModule", "LCAGDataset", "collate"]
+
+Event = dict[str, Any]
+
+
+class LCAGDataset(Dataset):
+    """One split of an lcag dataset, event by event, without loading it into memory.
+
+    Args:
+        root: the dataset directory (holding ``manifest.json``).
+        split: ``train``, ``val``, ``test`` or ``test_unknown``.
+        max_events: keep only this many events, spread evenly over the split (e.g. to overfit
+            a few while keeping every leaf count).
+
+    An event is a dict: ``x (n, 4)`` float32 raw ``(px, py, pz, E)``, ``target (n, n)`` int64
+    LCAG with -1 on the diagonal, ``topology`` (int) and ``known`` (bool).
+
+    Raises:
+        DatasetError: no manifest, another schema version, an unknown split or missing shard.
+    """
+
+    def __init__(self, root: str | Path, split: str, max_events: int | None = None) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        if split not in self.manifest["splits"]:
+            raise DatasetError(
+                f"{self.root}: no split {split!r} (has {', '.join(self.manifest['splits'])})"
+            )
+        self.split = split
+        files, sizes, counts = [], [], []
+        for shard in self.manifest["splits"][split]["shards"]:
+            path = self.root / shard["file"]
+            if not path.is_file():
+                raise DatasetError(f"{path}: shard listed in the manifest is missing")
+            files.append(path)
+            for n, count in shard["leaf_counts"].items():
+                sizes.append((len(files) - 1, int(n)))
+                counts.append(int(count))
+        self.files = files
+        self.groups = sizes  # (file index, leaf count) of each group, in file order
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        total = int(self.starts[-1])
+        # With max_events, events spread evenly over the split, so every leaf count is kept.
+        count = total if max_events is None else min(total, int(max_events))
+        self.events = np.unique(np.linspace(0, total - 1, count).round().astype(np.int64))
+        self.length = len(self.events) if total else 0
+        self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
+        self._known: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def group_ranges(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` index ranges of the groups (one leaf count of one shard each)."""
+        bounds = np.searchsorted(self.events, self.starts)
+        return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+
+    def __getitem__(self, index: int) -> Event:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Event]:
+        """Events ``indices``, read group by group with one HDF5 read each."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.length):
+            raise IndexError(f"{self.split}: event index out of range 0..{self.length - 1}")
+        indices = self.events[indices]
+        out: list[Event | None] = [None] * len(indices)
+        group_of = np.searchsorted(self.starts, indices, side="right") - 1
+        for group in np.unique(group_of):
+            positions = np.flatnonzero(group_of == group)
+            local = indices[positions] - self.starts[group]
+            order = np.argsort(local)
+            file_index, n = self.groups[group]
+            data = self._read(file_index, n, local[order])
+            for k, position in enumerate(positions[order]):
+                out[position] = {key: value[k] for key, value in data.items()}
+        return out  # type: ignore[return-value]
+
+    def _read(self, file_index: int, n: int, local: np.ndarray) -> dict[str, Any]:
+        handle = self._file(file_index)
+        group = handle[f"L{n}"]
+        unique, inverse = np.unique(local, return_inverse=True)
+        lo, hi = int(unique[0]), int(unique[-1]) + 1
+        features = group["features"][lo:hi][unique - lo][inverse]
+        lcag = group["lcag"][lo:hi][unique - lo][inverse].astype(np.int64)
+        topology = group["topology"][lo:hi][unique - lo][inverse].astype(np.int64)
+        if not np.isfinite(features).all():
+            bad = np.argwhere(~np.isfinite(features))[0]
+            event = int(local[bad[0]])
+            raise DatasetError(
+                f"{self.files[file_index]}: /L{n}/features[{event}, {bad[1]}, {bad[2]}] is "
+                f"{features[tuple(bad)]}; features must be finite"
+            )
+        lcag[:, np.arange(n), np.arange(n)] = -1
+        return {
+            "x": features.astype(np.float32),
+            "target": lcag,
+            "topology": topology,
+            "known": self.known_topologies()[topology],
+        }
+
+    def known_topologies(self) -> np.ndarray:
+        """``(T,)`` bool: which topology ids were used in training."""
+        if self._known is None:
+            self._known = TopologyTable.read(self._file(0)["topologies"]).known.astype(bool)
+        return self._known
+
+    def topology_table(self) -> TopologyTable:
+        return TopologyTable.read(self._file(0)["topologies"], where=str(self.files[0]))
+
+    def _file(self, file_index: int) -> Any:
+        import h5py
+
+        if os.getpid() != self._pid:  # a forked DataLoader worker: open its own handles
+            self._handles, self._pid = {}, os.getpid()
+        if file_index not in self._handles:
+            try:
+                self._handles[file_index] = h5py.File(self.files[file_index], "r")
+            except OSError as exc:
+                raise DatasetError(f"{self.files[file_index]}: cannot open ({exc})") from None
+        return self._handles[file_index]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # handles do not cross processes
+        return state
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches whose events all have the same leaf count (and come from one shard).
+
+    Each epoch, events are shuffled within their group, cut into batches, and the batches
+    shuffled; the order depends on ``seed`` and the epoch (``set_epoch``). Under
+    ``torch.distributed`` each rank takes every ``world``-th batch, the list padded by
+    repetition so all ranks run the same number of steps.
+    """
+
+    def __init__(
+        self,
+        dataset: LCAGDataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.ranges = dataset.group_ranges()
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = []
+        for start, stop in self.ranges:
+            events = np.arange(start, stop)
+            if self.shuffle:
+                events = rng.permutation(events)
+            for k in range(0, len(events), self.batch_size):
+                chunk = events[k : k + self.batch_size]
+                if len(chunk) == self.batch_size or not self.drop_last:
+                    batches.append(chunk.tolist())
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        rank, world = _rank_and_world()
+        if world > 1:
+            total = -(-len(batches) // world) * world
+            batches = (batches * (total // max(len(batches), 1) + 1))[:total][rank::world]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def collate(events: Sequence[Event]) -> dict[str, torch.Tensor]:
+    """Pad events to the longest: ``x (B, L, 4)``, ``mask (B, L)``, ``target (B, L, L)``
+    (-1 on the diagonal and padding), ``topology (B,)``, ``known (B,)``, ``n_leaves (B,)``."""
+    size = max(len(e["x"]) for e in events)
+    B = len(events)
+    x = np.zeros((B, size, events[0]["x"].shape[-1]), dtype=np.float32)
+    target = np.full((B, size, size), -1, dtype=np.int64)
+    mask = np.zeros((B, size), dtype=bool)
+    for b, event in enumerate(events):
+        n = len(event["x"])
+        x[b, :n] = event["x"]
+        target[b, :n, :n] = event["target"]
+        mask[b, :n] = True
+    return {
+        "x": torch.from_numpy(x),
+        "mask": torch.from_numpy(mask),
+        "target": torch.from_numpy(target),
+        "topology": torch.tensor([int(e["topology"]) for e in events]),
+        "known": torch.tensor([bool(e["known"]) for e in events]),
+        "n_leaves": torch.from_numpy(mask.sum(1)),
+    }
+
+
+class LCAGDataModule(pl.LightningDataModule):
+    """Train/val/test/test_unknown/predict loaders over an lcag dataset directory.
+
+    Args:
+        data_dir: the dataset (made by ``lcag-generate``).
+        batch_size: events per training batch (all with the same leaf count).
+        eval_batch_size: events per validation/test batch (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        max_train_events: use only this many training events, spread over the split.
+        max_eval_events: the same for each evaluation split.
+        seed: shuffling seed of the training batches.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_train_events: int | None = None,
+        max_eval_events: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.manifest = read_manifest(self.data_dir)
+        self.datasets: dict[str, LCAGDataset] = {}
+
+    @property
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        """Train-split ``(mean, std)`` per feature, from the manifest."""
+        stats = self.manifest["normalisation"]
+        return stats["mean"], stats["std"]
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.manifest["n_classes"])
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        for split in ("train", "val", "test", "test_unknown"):
+            if split not in self.datasets and split in self.manifest["splits"]:
+                limit = h.max_train_events if split == "train" else h.max_eval_events
+                self.datasets[split] = LCAGDataset(self.data_dir, split, max_events=limit)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        h = self.hparams
+        dataset = self.datasets[split]
+        size = h.batch_size if shuffle else (h.eval_batch_size or h.batch_size)
+        return DataLoader(
+            dataset,
+            batch_sampler=BucketBatchSampler(dataset, size, shuffle=shuffle, seed=h.seed),
+            collate_fn=collate,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """Known topologies first (dataloader 0), then unseen ones (dataloader 1) if any."""
+        loaders = [self._loader("test", shuffle=False)]
+        if len(self.datasets.get("test_unknown", [])):
+            loaders.append(self._loader("test_unknown", shuffle=False))
+        return loaders
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,99 @@
+"""torchmetrics for LCAG predictions: perfect-tree rate (overall and per leaf count), pair
+accuracy, and the valid-tree rate of a prediction.
+
+Predictions and targets are ``(B, L, L)`` integer LCAGs; target entries of -1 (diagonal,
+padding) are ignored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from lcag.matrix import is_valid_lcag
+
+__all__ = ["PairAccuracy", "PerfectTreeRate", "ValidTreeRate"]
+
+
+class PerfectTreeRate(Metric):
+    """Share of events whose every pair is right, also per leaf count.
+
+    Args:
+        max_leaves: the largest leaf count tracked per size (larger events count in the
+            overall rate only).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, max_leaves: int = 64) -> None:
+        super().__init__()
+        self.max_leaves = max_leaves
+        self.add_state("correct", torch.zeros(max_leaves + 2, dtype=torch.long), "sum")
+        self.add_state("total", torch.zeros(max_leaves + 2, dtype=torch.long), "sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, n_leaves: torch.Tensor) -> None:
+        """pred, target: ``(B, L, L)``; n_leaves: ``(B,)`` real leaves per event."""
+        perfect = ((pred == target) | (target < 0)).flatten(1).all(dim=1)
+        size = torch.clamp(n_leaves, max=self.max_leaves + 1)
+        self.correct += torch.bincount(size[perfect], minlength=self.max_leaves + 2)
+        self.total += torch.bincount(size, minlength=self.max_leaves + 2)
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.sum() / torch.clamp(self.total.sum(), min=1)
+
+    def by_size(self) -> dict[int, tuple[float, int]]:
+        """Leaf count -> (perfect rate, events), for the sizes seen."""
+        return {
+            n: (float(self.correct[n] / self.total[n]), int(self.total[n]))
+            for n in range(self.max_leaves + 1)
+            if self.total[n] > 0
+        }
+
+    def up_to(self, max_leaves: int) -> tuple[float, int]:
+        """(perfect rate, events) over events with at most ``max_leaves`` leaves."""
+        total = int(self.total[: max_leaves + 1].sum())
+        return float(self.correct[: max_leaves + 1].sum()) / max(total, 1), total
+
+
+class PairAccuracy(Metric):
+    """Share of leaf pairs (off-diagonal, not padding) whose class is right."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.zeros((), dtype=torch.long), "sum")
+        self.add_state("total", torch.zeros((), dtype=torch.long), "sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: ``(B, L, L)``."""
+        valid = target >= 0
+        self.correct += (pred[valid] == target[valid]).sum()
+        self.total += valid.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct / torch.clamp(self.total, min=1)
+
+
+class ValidTreeRate(Metric):
+    """Share of predicted matrices that are the LCAG of some decay tree."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("valid", torch.zeros((), dtype=torch.long), "sum")
+        self.add_state("total", torch.zeros((), dtype=torch.long), "sum")
+
+    def update(self, pred: torch.Tensor, mask: torch.Tensor) -> None:
+        """pred: ``(B, L, L)``; mask: ``(B, L)`` bool, real leaves."""
+        valid = is_valid_lcag(pred.detach().cpu().numpy(), mask.detach().cpu().numpy())
+        self.valid += int(np.sum(valid))
+        self.total += pred.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.valid / torch.clamp(self.total, min=1)

@@ -1,0 +1,280 @@
+"""The LightningModule: masked loss, metrics, optimiser; the model itself is chosen by config.
+
+Raw leaf 4-momenta come in; the module normalises them with the training set's statistics
+(buffers, saved in every checkpoint), adds the configured pair features, and calls the model,
+so inference reproduces training exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcag.decode import decode
+from lcag.errors import ConfigError
+from lcag.features import check_pair_features, normalise, pair_features
+from lcag.metrics import PairAccuracy, PerfectTreeRate, ValidTreeRate
+from lcag.models.base import LCAGModel
+
+__all__ = ["LCAGModule"]
+
+SUBSETS = {"val": "val", ("test", 0): "test", ("test", 1): "test_unseen"}
+
+
+class LCAGModule(pl.LightningModule):
+    """Train an LCAG model.
+
+    Args:
+        model: the network (``class_path`` in a config), e.g. ``lcag.models.LCAGTransformer``.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        scheduler: ``cosine`` (linear warm-up, then cosine decay per step), ``onecycle``, or
+            ``none``.
+        warmup_fraction: share of the steps spent warming up (cosine).
+        focal_gamma: focal-loss exponent; 0 is plain cross-entropy.
+        class_weights: per-class loss weights (length C), e.g. to favour rare heights.
+        pair_features: pair features given to the model (``lcag.features.PAIR_FEATURES``);
+            the model's ``n_pair_features`` must match their number.
+        decode_at_eval: also score valid-tree decoding (``lcag.decode``) at validation/test.
+        max_leaves: the largest leaf count reported per size.
+    """
+
+    def __init__(
+        self,
+        model: LCAGModel,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        scheduler: Literal["cosine", "onecycle", "none"] = "cosine",
+        warmup_fraction: float = 0.05,
+        focal_gamma: float = 0.0,
+        class_weights: list[float] | None = None,
+        pair_features: list[str] | None = None,
+        decode_at_eval: bool = True,
+        max_leaves: int = 64,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = model.config()
+        self.model = model
+        self.pair_names = check_pair_features(pair_features or [])
+        expected = int(model.init_args.get("n_pair_features", 0))
+        if expected != len(self.pair_names):
+            raise ConfigError(
+                f"model.n_pair_features = {expected} but pair_features = {self.pair_names} "
+                f"gives {len(self.pair_names)}"
+            )
+        self.n_classes = int(model.init_args["n_classes"])
+        if class_weights is not None and len(class_weights) != self.n_classes:
+            raise ConfigError(
+                f"class_weights has {len(class_weights)} entries, the model has "
+                f"{self.n_classes} classes"
+            )
+        n_features = int(model.init_args.get("n_features", 4))
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        self.register_buffer(
+            "class_weights",
+            torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
+        )
+        self.metrics = nn.ModuleDict(  # keyed "<subset>_set": "train" is a Module method
+            {
+                f"{subset}_set": nn.ModuleDict(
+                    {
+                        "perfect_argmax": PerfectTreeRate(max_leaves),
+                        "perfect_decoded": PerfectTreeRate(max_leaves),
+                        "pair_accuracy": PairAccuracy(),
+                        "valid_argmax": ValidTreeRate(),
+                    }
+                )
+                for subset in ("train", "val", "test", "test_unseen")
+            }
+        )
+        self.results: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C, L, L)`` from raw 4-momenta ``x (B, L, F)`` and ``mask (B, L)``."""
+        pair = pair_features(x, mask, self.pair_names)
+        return self.model(normalise(x, mask, self.feature_mean, self.feature_std), mask, pair)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is None:
+            return
+        if self.n_classes < datamodule.n_classes:
+            raise ConfigError(
+                f"model.n_classes = {self.n_classes}, but {datamodule.data_dir} has "
+                f"{datamodule.n_classes} LCAG classes; raise model.n_classes"
+            )
+        if stage == "fit" and not torch.any(self.feature_mean != 0):
+            mean, std = datamodule.normalisation
+            self.feature_mean.copy_(torch.tensor(mean))
+            self.feature_std.copy_(torch.clamp(torch.tensor(std), min=1e-6))
+
+    # -------------------------------------------------------------------------- steps
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Masked cross-entropy (focal when ``focal_gamma > 0``); -1 targets are ignored.
+
+        Args:
+            logits: ``(B, C, L, L)``; target: ``(B, L, L)`` int64.
+        """
+        ce = F.cross_entropy(
+            logits, target, weight=self.class_weights, ignore_index=-1, reduction="none"
+        )
+        valid = target >= 0
+        gamma = self.hparams.focal_gamma
+        if gamma > 0:
+            logp = F.log_softmax(logits, dim=1).gather(1, target.clamp(min=0)[:, None])[:, 0]
+            ce = (1 - logp.exp()) ** gamma * ce
+        if self.class_weights is not None:
+            norm = self.class_weights[target.clamp(min=0)][valid].sum()
+            return ce[valid].sum() / torch.clamp(norm, min=1e-12)
+        return ce[valid].mean()
+
+    def _common_step(self, batch: dict[str, torch.Tensor], subset: str) -> torch.Tensor:
+        logits = self(batch["x"], batch["mask"])
+        loss = self.loss(logits, batch["target"])
+        mask, target, n_leaves = batch["mask"], batch["target"], batch["n_leaves"]
+        pred = _as_lcag(logits.argmax(dim=1), mask)
+        metrics = self.metrics[f"{subset}_set"]
+        metrics["perfect_argmax"].update(pred, target, n_leaves)
+        metrics["pair_accuracy"].update(pred, target)
+        if subset != "train":
+            metrics["valid_argmax"].update(pred, mask)
+            if self.hparams.decode_at_eval:
+                decoded = self.decode(logits, mask)
+                metrics["perfect_decoded"].update(decoded, target, n_leaves)
+        self.log(
+            f"{subset}/loss",
+            loss,
+            batch_size=len(target),
+            prog_bar=subset != "test_unseen",
+            on_step=subset == "train",
+            on_epoch=True,
+            add_dataloader_idx=False,
+            sync_dist=subset != "train",
+        )
+        return loss
+
+    @torch.no_grad()
+    def decode(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The most probable valid LCAG ``(B, L, L)`` (padding -1) from logits ``(B, C, L, L)``."""
+        probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
+        decoded = decode(probs, mask.cpu().numpy())
+        return torch.from_numpy(decoded).to(logits.device)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._common_step(batch, "val")
+
+    def test_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._common_step(batch, SUBSETS["test", dataloader_idx])
+
+    def predict_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, torch.Tensor]:
+        logits = self(batch["x"], batch["mask"])
+        return {
+            "probs": logits.softmax(dim=1).permute(0, 2, 3, 1),
+            "argmax": _as_lcag(logits.argmax(dim=1), batch["mask"]),
+            "decoded": self.decode(logits, batch["mask"]),
+            "mask": batch["mask"],
+        }
+
+    # -------------------------------------------------------------------- epoch ends
+    def _finish(self, subset: str) -> None:
+        """Log the subset's epoch metrics (overall and per leaf count) and keep them."""
+        metrics = self.metrics[f"{subset}_set"]
+        names = ["perfect_argmax", "pair_accuracy"]
+        if subset != "train":
+            names.append("valid_argmax")
+            if self.hparams.decode_at_eval:
+                names.append("perfect_decoded")
+        values = {f"{subset}/{name}": metrics[name].compute() for name in names}
+        headline = names[-1] if names[-1] == "perfect_decoded" else "perfect_argmax"
+        by_size = {name: metrics[name].by_size() for name in names if name.startswith("perfect")}
+        for n, (rate, _) in by_size[headline].items():
+            values[f"{subset}/perfect_L{n}"] = torch.tensor(rate)
+        self.log_dict(values, add_dataloader_idx=False)
+        self.results[subset] = {
+            **{key.split("/", 1)[1]: float(value) for key, value in values.items()},
+            "by_size": by_size,
+            "events": int(metrics["perfect_argmax"].total.sum()),
+        }
+        for metric in metrics.values():
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._finish("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test")
+        if len(self.trainer.test_dataloaders or []) > 1:
+            self._finish("test_unseen")
+
+    # ---------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if h.scheduler == "none" or not math.isfinite(total):
+            return optimizer
+        total = max(int(total), 1)
+        if h.scheduler == "onecycle":
+            scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=h.lr, total_steps=total
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, _WarmupCosine(max(1, int(h.warmup_fraction * total)), total)
+            )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ----------------------------------------------------------------------- loading
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> LCAGModule:
+        """Rebuild a trained module from a checkpoint, the model from its stored config."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        hparams = dict(checkpoint["hyper_parameters"])
+        model = LCAGModel.from_config(hparams.pop("model"))
+        module = cls(model, **hparams)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.eval()
+
+
+class _WarmupCosine:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, cosine decay to ``total``."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _as_lcag(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Argmax classes ``(B, L, L)`` with 0 on the diagonal and -1 on padding."""
+    pred = pred.clone()
+    L = pred.shape[-1]
+    pred[:, torch.arange(L), torch.arange(L)] = 0
+    pair = mask[:, :, None] & mask[:, None, :]
+    return torch.where(pair, pred, torch.full_like(pred, -1))

@@ -1,0 +1,197 @@
+"""Training for real: overfitting, DDP, resuming, and clear errors from the command line."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+
+from lcag.data import LCAGDataModule
+from lcag.errors import ConfigError
+from lcag.models import LCAGNRI, LCAGTransformer
+from lcag.module import LCAGModule, _as_lcag
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        LCAGTransformer(n_classes=5, dim=64, depth=2, heads=4, n_pair_features=2),
+        LCAGNRI(n_classes=5, dim=64, depth=2, n_pair_features=2),
+    ],
+    ids=["transformer", "nri"],
+)
+def test_overfits_64_events_to_perfect_trees(tiny_data, tmp_path, model):
+    pl.seed_everything(0)
+    dm = LCAGDataModule(str(tiny_data), batch_size=64, max_train_events=64, max_eval_events=64)
+    module = LCAGModule(
+        model, lr=3e-3, weight_decay=0.0, scheduler="none", pair_features=["mass", "angle"]
+    )
+    done = pl.callbacks.EarlyStopping(  # stops once every training tree was right in an epoch
+        "train/perfect_argmax",
+        mode="max",
+        stopping_threshold=0.999,
+        patience=10_000,
+        check_on_train_epoch_end=True,
+    )
+    trainer(tmp_path, max_epochs=800, limit_val_batches=0, callbacks=[done]).fit(module, dm)
+    module.eval()
+    perfect = total = 0
+    with torch.no_grad():
+        for batch in dm.train_dataloader():
+            pred = _as_lcag(module(batch["x"], batch["mask"]).argmax(1), batch["mask"])
+            perfect += int(
+                ((pred == batch["target"]) | (batch["target"] < 0)).flatten(1).all(1).sum()
+            )
+            total += len(pred)
+    assert total == 64
+    assert perfect == 64
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")
+def test_resume_continues_with_the_optimizer_state(tiny_data, tmp_path):
+    dm = LCAGDataModule(str(tiny_data), batch_size=64, max_train_events=512, max_eval_events=64)
+
+    def module() -> LCAGModule:
+        return LCAGModule(LCAGTransformer(n_classes=5, dim=32, depth=1, heads=2), lr=1e-3)
+
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
+    first.fit(module(), dm)
+    steps = first.global_step
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0
+
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            state = trainer.optimizers[0].state_dict()["state"]
+            seen.setdefault("epoch", trainer.current_epoch)
+            seen.setdefault("step", trainer.global_step)
+            seen.setdefault("adam_step", float(state[0]["step"]))
+            seen.setdefault("exp_avg", state[0]["exp_avg"].clone())
+
+    again = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    second = trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[Probe(), again])
+    second.fit(module(), dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert seen["epoch"] == 1
+    assert seen["step"] == steps
+    assert seen["adam_step"] == steps
+    torch.testing.assert_close(seen["exp_avg"], saved["optimizer_states"][0]["state"][0]["exp_avg"])
+    assert second.global_step == 2 * steps
+
+
+def test_normalisation_travels_in_the_checkpoint(tiny_data, tmp_path):
+    dm = LCAGDataModule(str(tiny_data), batch_size=64, max_train_events=128, max_eval_events=64)
+    module = LCAGModule(LCAGTransformer(n_classes=5, dim=32, depth=1, heads=2))
+    fit = trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
+    fit.fit(module, dm)
+    mean, _ = dm.normalisation
+    torch.testing.assert_close(module.feature_mean, torch.tensor(mean, dtype=torch.float32))
+    path = tmp_path / "model.ckpt"
+    fit.save_checkpoint(path)
+    restored = LCAGModule.from_checkpoint(path)
+    torch.testing.assert_close(restored.feature_std, module.feature_std)
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    torch.testing.assert_close(
+        restored(batch["x"], batch["mask"]), module(batch["x"], batch["mask"])
+    )
+
+
+def test_mismatched_settings_are_refused(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="n_pair_features = 0 but pair_features"):
+        LCAGModule(LCAGTransformer(n_classes=5), pair_features=["mass"])
+    with pytest.raises(ConfigError, match="unknown 'spin'"):
+        LCAGModule(LCAGTransformer(n_classes=5, n_pair_features=1), pair_features=["spin"])
+    dm = LCAGDataModule(str(tiny_data), max_train_events=64, max_eval_events=64)
+    with pytest.raises(ConfigError, match=r"model\.n_classes = 3"):
+        trainer(tmp_path, max_epochs=1).fit(LCAGModule(LCAGTransformer(n_classes=3)), dm)
+
+
+# ------------------------------------------------------------------- command line
+def write_config(tmp_path: Path, data_dir: Path, source: str = "tiny_transformer", **trainer_args):
+    config = yaml.safe_load((ROOT / "configs" / "fit" / f"{source}.yaml").read_text())
+    run = tmp_path / "runs"
+    config["data"].update(data_dir=str(data_dir), max_train_events=256, max_eval_events=200)
+    config["trainer"].update(max_epochs=1, enable_progress_bar=False, **trainer_args)
+    for logger in config["trainer"]["logger"]:
+        logger["init_args"]["save_dir"] = str(run)
+    callbacks = config["trainer"]["callbacks"]
+    config["trainer"]["callbacks"] = [
+        c for c in callbacks if "RichProgressBar" not in c["class_path"]
+    ]
+    for callback in config["trainer"]["callbacks"]:
+        if "dirpath" in callback.get("init_args", {}):
+            callback["init_args"]["dirpath"] = str(run / "checkpoints")
+    path = tmp_path / f"{source}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, run
+
+
+def lcag(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lcag.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def last_metrics(csv_path: Path) -> dict[str, float]:
+    rows = list(csv.DictReader(csv_path.open()))
+    merged: dict[str, float] = {}
+    for row in rows:
+        merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return merged
+
+
+def test_ddp_validation_agrees_with_a_single_process(tiny_data, tmp_path):
+    config, run = write_config(tmp_path, tiny_data, devices=2, strategy="ddp")
+    fit = lcag("fit", "--config", str(config))
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    logged = last_metrics(run / "tiny_transformer" / "metrics.csv")
+    single, run_single = write_config(tmp_path / "single", tiny_data, devices=1)
+    validate = lcag(
+        "validate", "--config", str(single), "--ckpt_path", str(run / "checkpoints" / "best.ckpt")
+    )
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    checked = last_metrics(run_single / "tiny_transformer" / "metrics.csv")
+    for name in (
+        "val/perfect_argmax",
+        "val/perfect_decoded",
+        "val/pair_accuracy",
+        "val/valid_argmax",
+    ):
+        assert logged[name] == pytest.approx(checked[name], abs=1e-6), name
+
+
+def test_a_config_naming_a_missing_class_is_refused(tiny_data, tmp_path):
+    config, _ = write_config(tmp_path, tiny_data)
+    data = yaml.safe_load(config.read_text())
+    data["model"]["model"]["class_path"] = "lcag.models.LCAGPerceiver"
+    config.write_text(yaml.safe_dump(data))
+    result = lcag("fit", "--config", str(config))
+    assert result.returncode != 0
+    assert "lcag.models.LCAGPerceiver" in result.stderr
+    assert "Traceback" not in result.stderr
