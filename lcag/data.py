@@ -157,8 +157,9 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Each epoch, events are shuffled within their group, cut into batches, and the batches
     shuffled; the order depends on ``seed`` and the epoch (``set_epoch``). Under
-    ``torch.distributed`` each rank takes every ``world``-th batch, the list padded by
-    repetition so all ranks run the same number of steps.
+    ``torch.distributed`` each rank takes every ``world``-th batch; when shuffling (training)
+    the list is first padded by repetition so all ranks run the same number of steps, and
+    without shuffling (evaluation) every event is seen exactly once.
     """
 
     def __init__(
@@ -196,8 +197,10 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         rank, world = _rank_and_world()
         if world > 1:
-            total = -(-len(batches) // world) * world
-            batches = (batches * (total // max(len(batches), 1) + 1))[:total][rank::world]
+            if self.shuffle:  # training: equal step counts on every rank, padded by repetition
+                total = -(-len(batches) // world) * world
+                batches = (batches * (total // max(len(batches), 1) + 1))[:total]
+            batches = batches[rank::world]  # evaluation: every event exactly once
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

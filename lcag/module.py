@@ -202,7 +202,10 @@ class LCAGModule(pl.LightningModule):
                 names.append("perfect_decoded")
         values = {f"{subset}/{name}": metrics[name].compute() for name in names}
         headline = names[-1] if names[-1] == "perfect_decoded" else "perfect_argmax"
-        by_size = {name: metrics[name].by_size() for name in names if name.startswith("perfect")}
+        by_size = {}
+        for name in (n for n in names if n.startswith("perfect")):
+            with metrics[name].sync_context():  # all ranks' counts, under DDP
+                by_size[name] = metrics[name].by_size()
         for n, (rate, _) in by_size[headline].items():
             values[f"{subset}/perfect_L{n}"] = torch.tensor(rate)
         self.log_dict(values, add_dataloader_idx=False)

@@ -147,6 +147,7 @@ def write_config(tmp_path: Path, data_dir: Path, source: str = "tiny_transformer
     for callback in config["trainer"]["callbacks"]:
         if "dirpath" in callback.get("init_args", {}):
             callback["init_args"]["dirpath"] = str(run / "checkpoints")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{source}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, run
@@ -159,7 +160,8 @@ def lcag(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def last_metrics(csv_path: Path) -> dict[str, float]:
-    rows = list(csv.DictReader(csv_path.open()))
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
     merged: dict[str, float] = {}
     for row in rows:
         merged.update({k: float(v) for k, v in row.items() if v not in ("", None)})
