@@ -250,6 +250,7 @@ class LCAGDataModule(pl.LightningDataModule):
         max_train_events: use only this many training events, spread over the split.
         max_eval_events: the same for each evaluation split.
         seed: shuffling seed of the training batches.
+        val_split: the split validated on (``train`` checks how well a subset is learnt).
     """
 
     def __init__(
@@ -261,6 +262,7 @@ class LCAGDataModule(pl.LightningDataModule):
         max_train_events: int | None = None,
         max_eval_events: int | None = None,
         seed: int = 0,
+        val_split: str = "val",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -284,6 +286,10 @@ class LCAGDataModule(pl.LightningDataModule):
             if split not in self.datasets and split in self.manifest["splits"]:
                 limit = h.max_train_events if split == "train" else h.max_eval_events
                 self.datasets[split] = LCAGDataset(self.data_dir, split, max_events=limit)
+        if "validation" not in self.datasets:
+            self.datasets["validation"] = LCAGDataset(
+                self.data_dir, h.val_split, max_events=h.max_eval_events
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
@@ -301,7 +307,7 @@ class LCAGDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("validation", shuffle=False)
 
     def test_dataloader(self) -> list[DataLoader]:
         """Known topologies first (dataloader 0), then unseen ones (dataloader 1) if any."""

@@ -36,35 +36,34 @@ def trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
 
 
 @pytest.mark.parametrize(
-    "model",
+    "make_model",
     [
-        LCAGTransformer(n_classes=5, dim=64, depth=2, heads=4, n_pair_features=2),
-        LCAGNRI(n_classes=5, dim=64, depth=2, n_pair_features=2),
+        (lambda: LCAGTransformer(n_classes=5, dim=128, depth=3, heads=4, n_pair_features=2), 1e-3),
+        (lambda: LCAGNRI(n_classes=5, dim=64, depth=2, n_pair_features=2), 3e-3),
     ],
     ids=["transformer", "nri"],
 )
-def test_overfits_64_events_to_perfect_trees(tiny_data, tmp_path, model):
+def test_overfits_64_events_to_perfect_trees(tiny_data, tmp_path, make_model):
+    make_model, lr = make_model
     pl.seed_everything(0)
-    dm = LCAGDataModule(str(tiny_data), batch_size=64, max_train_events=64, max_eval_events=64)
+    dm = LCAGDataModule(
+        str(tiny_data), batch_size=64, max_train_events=64, max_eval_events=64, val_split="train"
+    )
     module = LCAGModule(
-        model, lr=3e-3, weight_decay=0.0, scheduler="none", pair_features=["mass", "angle"]
+        make_model(), lr=lr, weight_decay=0.0, scheduler="cosine", pair_features=["mass", "angle"]
     )
-    done = pl.callbacks.EarlyStopping(  # stops once every training tree was right in an epoch
-        "train/perfect_argmax",
-        mode="max",
-        stopping_threshold=0.999,
-        patience=10_000,
-        check_on_train_epoch_end=True,
+    # validation runs on the same 64 training events: stop once every tree is right
+    done = pl.callbacks.EarlyStopping(
+        "val/perfect_argmax", mode="max", stopping_threshold=0.999, patience=10_000
     )
-    trainer(tmp_path, max_epochs=800, limit_val_batches=0, callbacks=[done]).fit(module, dm)
+    trainer(tmp_path, max_epochs=300, callbacks=[done]).fit(module, dm)
     module.eval()
     perfect = total = 0
     with torch.no_grad():
         for batch in dm.train_dataloader():
             pred = _as_lcag(module(batch["x"], batch["mask"]).argmax(1), batch["mask"])
-            perfect += int(
-                ((pred == batch["target"]) | (batch["target"] < 0)).flatten(1).all(1).sum()
-            )
+            right = (pred == batch["target"]) | (batch["target"] < 0)
+            perfect += int(right.flatten(1).all(1).sum())
             total += len(pred)
     assert total == 64
     assert perfect == 64
