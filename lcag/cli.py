@@ -9,6 +9,7 @@ A config file is the whole experiment: model (by ``class_path``), data, trainer,
 from __future__ import annotations
 
 import sys
+import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -19,6 +20,8 @@ __all__ = ["main"]
 
 
 def main(args: list[str] | None = None) -> None:
+    # Lightning 2.6 on torch 2.13 warns about torch's LeafSpec on every run; nothing to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     LightningCLI(
         LCAGModule,
         LCAGDataModule,
