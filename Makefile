@@ -33,6 +33,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
