@@ -1,0 +1,79 @@
+"""The LightningModule's pieces: masked loss, focal loss, class weights, pair features."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lcag.features import pair_features
+from lcag.models import LCAGTransformer
+from lcag.module import LCAGModule, _WarmupCosine
+
+
+def random_batch(seed: int = 0, B: int = 3, L: int = 5, C: int = 4):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, C, L, L, generator=generator)
+    target = torch.randint(1, C, (B, L, L), generator=generator)
+    target = torch.minimum(target, target.transpose(1, 2))
+    target[:, torch.arange(L), torch.arange(L)] = -1
+    target[0, 3:] = -1
+    target[0, :, 3:] = -1
+    return logits, target
+
+
+def test_loss_ignores_diagonal_and_padding():
+    module = LCAGModule(LCAGTransformer(n_classes=4))
+    logits, target = random_batch()
+    valid = target >= 0
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
+    torch.testing.assert_close(module.loss(logits, target), expected)
+    changed = logits.clone()
+    changed[0, :, 4, 4] = 100.0  # padding and diagonal entries do not matter
+    changed[1, :, 2, 2] = -50.0
+    torch.testing.assert_close(module.loss(changed, target), expected)
+
+
+def test_focal_loss_down_weights_easy_pairs():
+    logits, target = random_batch(1)
+    plain = LCAGModule(LCAGTransformer(n_classes=4)).loss(logits, target)
+    focal = LCAGModule(LCAGTransformer(n_classes=4), focal_gamma=2.0).loss(logits, target)
+    assert focal < plain
+    valid = target >= 0
+    flat = logits.permute(0, 2, 3, 1)[valid]
+    p_true = flat.softmax(-1).gather(1, target[valid][:, None])[:, 0]
+    expected = ((1 - p_true) ** 2 * -p_true.log()).mean()
+    torch.testing.assert_close(focal, expected)
+
+
+def test_class_weights_give_a_weighted_mean():
+    logits, target = random_batch(2)
+    weights = [1.0, 0.5, 2.0, 3.0]
+    module = LCAGModule(LCAGTransformer(n_classes=4), class_weights=weights)
+    valid = target >= 0
+    expected = F.cross_entropy(
+        logits.permute(0, 2, 3, 1)[valid], target[valid], weight=torch.tensor(weights)
+    )
+    torch.testing.assert_close(module.loss(logits, target), expected)
+
+
+def test_pair_features_are_physical():
+    # two massless back-to-back particles of energy 5: pair mass 10, cos angle -1
+    p = torch.tensor([[[0.0, 0.0, 5.0, 5.0], [0.0, 0.0, -5.0, 5.0], [0.0, 0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])
+    out = pair_features(p, mask, ["mass", "angle"])
+    assert out.shape == (1, 3, 3, 2)
+    assert out[0, 0, 1, 0] == pytest.approx(math.log1p(10.0))
+    assert out[0, 0, 1, 1] == pytest.approx(-1.0)
+    assert (out[0, 2] == 0).all()
+    assert pair_features(p, mask, []) is None
+
+
+def test_warmup_then_cosine():
+    schedule = _WarmupCosine(warmup=10, total=110)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(9) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.5)
+    assert schedule(110) == pytest.approx(0.0, abs=1e-12)
