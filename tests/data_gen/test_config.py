@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY, tiny_dict
+from gen_configs import TINY, tiny_dict
 
 from lcag.data_gen.config import GenerationConfig, load_config
 from lcag.errors import ConfigError

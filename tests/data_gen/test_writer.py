@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from conftest import tiny_dict
+from gen_configs import tiny_dict
 
 from lcag.data_gen.config import load_config
 from lcag.data_gen.shards import TopologyTable, read_manifest
