@@ -11,12 +11,23 @@ from lcag.tree import DecayTree
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``lcag.Reconstructor`` imports torch only when first used."""
+    if name == "Reconstructor":
+        from lcag.inference import Reconstructor
+
+        return Reconstructor
+    raise AttributeError(f"module 'lcag' has no attribute {name!r}")
+
+
 __all__ = [
     "DecayTree",
     "InvalidInputError",
     "InvalidLCAGError",
     "InvalidTreeError",
     "LCAGError",
+    "Reconstructor",
     "__version__",
     "decode",
     "decode_argmax",

@@ -11,6 +11,7 @@ def test_public_names_are_pinned():
             "InvalidLCAGError",
             "InvalidTreeError",
             "LCAGError",
+            "Reconstructor",
             "__version__",
             "decode",
             "decode_argmax",

@@ -1,0 +1,211 @@
+"""Reconstruct decay trees in an analysis: a checkpoint in, trees out, no Lightning needed.
+
+    from lcag import Reconstructor
+    reco = Reconstructor.from_checkpoint("runs/tiny_transformer/checkpoints/best.ckpt")
+    for event in reco.reconstruct(leaves):          # (N, L, 4) px, py, pz, E
+        print(event.tree, event.score)
+
+The checkpoint is read with ``torch.load(weights_only=True)``; the model is rebuilt from the
+configuration stored in it, and the inputs get exactly the normalisation and pair features
+training used (both live in the checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lcag.decode import decode, tree_score
+from lcag.errors import InvalidInputError
+from lcag.features import check_pair_features, normalise, pair_features
+from lcag.matrix import lcag_to_tree
+from lcag.models.base import LCAGModel
+from lcag.tree import DecayTree
+
+__all__ = ["Reconstruction", "Reconstructor"]
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """One event's result.
+
+    Attributes:
+        lcag: ``(L, L)`` int64, the decoded LCAG (always a valid one).
+        tree: the decay tree it describes (leaf ``k`` is the event's ``k``-th particle).
+        probs: ``(L, L, C)`` per-pair class probabilities from the model.
+        score: the tree's score, the sum over pairs of log-probabilities.
+    """
+
+    lcag: np.ndarray
+    tree: DecayTree
+    probs: np.ndarray
+    score: float
+
+
+class Reconstructor:
+    """A trained LCAG model for inference.
+
+    Args:
+        model: the network.
+        feature_mean, feature_std: ``(F,)`` normalisation from training.
+        pair_features: the pair features the model was trained with.
+        max_leaves: the largest event accepted.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self,
+        model: LCAGModel,
+        feature_mean: torch.Tensor,
+        feature_std: torch.Tensor,
+        pair_features: Sequence[str] = (),
+        max_leaves: int = 64,
+        device: str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.feature_mean = torch.as_tensor(feature_mean, dtype=torch.float32, device=self.device)
+        self.feature_std = torch.as_tensor(feature_std, dtype=torch.float32, device=self.device)
+        self.pair_names = check_pair_features(pair_features)
+        self.max_leaves = max_leaves
+        self.n_features = int(model.init_args.get("n_features", 4))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Reconstructor:
+        """Load a checkpoint written by ``lcag fit`` (read with ``weights_only=True``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"{path}: checkpoint not found")
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        if "model" not in hparams:
+            raise InvalidInputError(f"{path}: no model configuration in the checkpoint")
+        model = LCAGModel.from_config(hparams["model"])
+        state = checkpoint["state_dict"]
+        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        return cls(
+            model,
+            state["feature_mean"],
+            state["feature_std"],
+            pair_features=hparams.get("pair_features") or [],
+            max_leaves=int(hparams.get("max_leaves", 64)),
+            device=device,
+        )
+
+    @torch.inference_mode()
+    def probabilities(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Per-pair class probabilities ``(N, L, L, C)`` for ``x (N, L, F)``, ``mask (N, L)``."""
+        xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        mt = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
+        pair = pair_features(xt, mt, self.pair_names)
+        logits = self.model(normalise(xt, mt, self.feature_mean, self.feature_std), mt, pair)
+        return logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
+
+    def reconstruct(
+        self,
+        leaves: Any,
+        mask: np.ndarray | None = None,
+        *,
+        batch_size: int = 1024,
+        method: str = "auto",
+    ) -> list[Reconstruction]:
+        """Reconstruct the decay tree of every event.
+
+        Args:
+            leaves: ``(N, L, F)`` array (with ``mask (N, L)`` for padded events), a list of
+                ``(L_i, F)`` arrays, or an awkward array of events of ``F``-vectors.
+            mask: ``(N, L)`` bool, ``True`` for real leaves (arrays only).
+            batch_size: events per model call.
+            method: decoding method of :func:`lcag.decode` (``auto``, ``exact``, ``approx``).
+
+        Returns:
+            One :class:`Reconstruction` per event, in order.
+
+        Raises:
+            InvalidInputError: wrong feature count, NaN or infinite values, or more leaves
+                than the model supports (the message names the event and leaf).
+        """
+        x, mask = self._as_padded(leaves, mask)
+        results: list[Reconstruction] = []
+        order = np.argsort(mask.sum(1), kind="stable")  # similar sizes share a batch
+        out: dict[int, Reconstruction] = {}
+        for start in range(0, len(x), batch_size):
+            events = order[start : start + batch_size]
+            size = max(int(mask[events].sum(1).max()), 1)
+            xb, mb = x[events, :size], mask[events, :size]
+            probs = self.probabilities(xb, mb)
+            decoded = decode(probs, mb, method=method)
+            scores = tree_score(decoded, probs, mb)
+            for k, event in enumerate(events):
+                real = np.flatnonzero(mb[k])
+                matrix = decoded[k][np.ix_(real, real)]
+                out[int(event)] = Reconstruction(
+                    lcag=matrix,
+                    tree=lcag_to_tree(matrix),
+                    probs=probs[k][np.ix_(real, real)],
+                    score=float(scores[k]),
+                )
+        results = [out[i] for i in range(len(x))]
+        return results
+
+    def _as_padded(self, leaves: Any, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Any accepted input as ``x (N, L, F)`` float64 and ``mask (N, L)``, checked."""
+        if type(leaves).__module__.split(".")[0] == "awkward":
+            import awkward as ak
+
+            leaves = [np.asarray(event, dtype=np.float64) for event in ak.to_list(leaves)]
+        if isinstance(leaves, np.ndarray) or torch.is_tensor(leaves):
+            x = np.asarray(leaves, dtype=np.float64)
+            if x.ndim != 3:
+                raise InvalidInputError(f"leaves: expected shape (N, L, F), got {x.shape}")
+            if mask is None:
+                mask = np.ones(x.shape[:2], dtype=bool)
+            mask = np.asarray(mask)
+            if mask.shape != x.shape[:2] or mask.dtype != bool:
+                raise InvalidInputError(
+                    f"mask: expected bool shape {x.shape[:2]}, got {mask.dtype} {mask.shape}"
+                )
+        else:
+            if mask is not None:
+                raise InvalidInputError("mask: only for an (N, L, F) array")
+            events = [np.asarray(e, dtype=np.float64) for e in leaves]
+            if not events:
+                return np.zeros((0, 1, self.n_features)), np.zeros((0, 1), dtype=bool)
+            for n, event in enumerate(events):
+                if event.ndim != 2:
+                    raise InvalidInputError(f"leaves[{n}]: expected (L, F), got {event.shape}")
+            size = max(len(e) for e in events)
+            width = events[0].shape[1]
+            x = np.zeros((len(events), size, width))
+            mask = np.zeros((len(events), size), dtype=bool)
+            for n, event in enumerate(events):
+                if event.shape[1] != width:
+                    raise InvalidInputError(
+                        f"leaves[{n}]: {event.shape[1]} features, event 0 has {width}"
+                    )
+                x[n, : len(event)] = event
+                mask[n, : len(event)] = True
+        if x.shape[-1] != self.n_features:
+            raise InvalidInputError(
+                f"leaves: {x.shape[-1]} features per leaf, the model takes {self.n_features} "
+                "(px, py, pz, E)"
+            )
+        bad = mask[..., None] & ~np.isfinite(x)
+        if bad.any():
+            n, leaf, feature = (int(i) for i in np.argwhere(bad)[0])
+            raise InvalidInputError(
+                f"leaves: event {n}, leaf {leaf}, feature {feature} is {x[n, leaf, feature]}"
+            )
+        counts = mask.sum(1)
+        if counts.size and counts.max() > self.max_leaves:
+            n = int(np.argmax(counts))
+            raise InvalidInputError(
+                f"leaves: event {n} has {int(counts[n])} leaves, the model supports at most "
+                f"{self.max_leaves}"
+            )
+        return x, mask

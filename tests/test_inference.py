@@ -1,0 +1,95 @@
+"""lcag.Reconstructor: trees from a checkpoint, equal to what the trained module predicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+import lcag
+from lcag import is_valid_lcag, tree_to_lcag
+from lcag.data import LCAGDataModule, collate
+from lcag.errors import InvalidInputError
+from lcag.models import LCAGTransformer
+from lcag.module import LCAGModule
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, tmp_path_factory) -> Path:
+    pl.seed_everything(0)
+    dm = LCAGDataModule(str(tiny_data), batch_size=64, max_train_events=1000, max_eval_events=100)
+    module = LCAGModule(
+        LCAGTransformer(n_classes=5, dim=32, depth=2, heads=4, n_pair_features=2),
+        pair_features=["mass", "angle"],
+        lr=3e-3,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+        default_root_dir=tmp_path_factory.mktemp("ckpt"),
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    path = tmp_path_factory.mktemp("model") / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_matches_the_trained_module(checkpoint, tiny_data):
+    reco = lcag.Reconstructor.from_checkpoint(checkpoint)
+    module = LCAGModule.from_checkpoint(checkpoint)
+    dm = LCAGDataModule(str(tiny_data), eval_batch_size=128)
+    dm.setup("test")
+    for batch in list(dm.test_dataloader()[0])[:3]:
+        with torch.no_grad():
+            expected = module.predict_step(batch, 0)
+        results = reco.reconstruct(batch["x"].numpy(), batch["mask"].numpy())
+        for k, result in enumerate(results):
+            real = batch["mask"][k].numpy()
+            np.testing.assert_array_equal(
+                result.lcag, expected["decoded"][k][real][:, real].numpy()
+            )
+            np.testing.assert_allclose(
+                result.probs, expected["probs"][k][real][:, real].numpy(), rtol=1e-5, atol=1e-6
+            )
+            assert is_valid_lcag(result.lcag)
+            np.testing.assert_array_equal(tree_to_lcag(result.tree), result.lcag)
+
+
+def test_lists_and_arrays_agree_and_order_is_kept(checkpoint, tiny_data):
+    reco = lcag.Reconstructor.from_checkpoint(checkpoint)
+    dm = LCAGDataModule(str(tiny_data))
+    dm.setup("test")
+    dataset = dm.datasets["test"]
+    events = dataset.__getitems__(list(range(0, len(dataset), 7)))
+    as_list = reco.reconstruct([e["x"] for e in events], batch_size=16)
+    batch = collate(events)
+    as_array = reco.reconstruct(batch["x"].numpy(), batch["mask"].numpy())
+    assert len(as_list) == len(events)
+    for a, b, event in zip(as_list, as_array, events, strict=True):
+        assert a.lcag.shape == (len(event["x"]),) * 2
+        np.testing.assert_array_equal(a.lcag, b.lcag)
+        assert a.score == pytest.approx(b.score, rel=1e-6)
+        assert a.score <= 0
+
+
+def test_bad_inputs_are_named(checkpoint):
+    reco = lcag.Reconstructor.from_checkpoint(checkpoint)
+    good = np.random.default_rng(0).normal(size=(2, 4, 4))
+    with pytest.raises(InvalidInputError, match="3 features per leaf, the model takes 4"):
+        reco.reconstruct(good[..., :3])
+    nan = good.copy()
+    nan[1, 2, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="event 1, leaf 2, feature 0 is nan"):
+        reco.reconstruct(nan)
+    with pytest.raises(InvalidInputError, match="has 70 leaves, the model supports at most 64"):
+        reco.reconstruct([np.ones((70, 4))])
+    with pytest.raises(InvalidInputError, match="checkpoint not found"):
+        lcag.Reconstructor.from_checkpoint(checkpoint.with_name("missing.ckpt"))
+
+
+def test_loads_with_weights_only(checkpoint):
+    state = torch.load(checkpoint, weights_only=True)
+    assert "model" in state["hyper_parameters"]
