@@ -22,6 +22,7 @@ import torch
 
 from lcag.decode import decode, tree_score
 from lcag.errors import InvalidInputError
+from lcag.events import as_padded
 from lcag.features import check_pair_features, normalise, pair_features
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
@@ -130,7 +131,7 @@ class Reconstructor:
             InvalidInputError: wrong feature count, NaN or infinite values, or more leaves
                 than the model supports (the message names the event and leaf).
         """
-        x, mask = self._as_padded(leaves, mask)
+        x, mask = as_padded(leaves, mask, self.n_features, self.max_leaves)
         results: list[Reconstruction] = []
         order = np.argsort(mask.sum(1), kind="stable")  # similar sizes share a batch
         out: dict[int, Reconstruction] = {}
@@ -152,60 +153,3 @@ class Reconstructor:
                 )
         results = [out[i] for i in range(len(x))]
         return results
-
-    def _as_padded(self, leaves: Any, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Any accepted input as ``x (N, L, F)`` float64 and ``mask (N, L)``, checked."""
-        if type(leaves).__module__.split(".")[0] == "awkward":
-            import awkward as ak
-
-            leaves = [np.asarray(event, dtype=np.float64) for event in ak.to_list(leaves)]
-        if isinstance(leaves, np.ndarray) or torch.is_tensor(leaves):
-            x = np.asarray(leaves, dtype=np.float64)
-            if x.ndim != 3:
-                raise InvalidInputError(f"leaves: expected shape (N, L, F), got {x.shape}")
-            if mask is None:
-                mask = np.ones(x.shape[:2], dtype=bool)
-            mask = np.asarray(mask)
-            if mask.shape != x.shape[:2] or mask.dtype != bool:
-                raise InvalidInputError(
-                    f"mask: expected bool shape {x.shape[:2]}, got {mask.dtype} {mask.shape}"
-                )
-        else:
-            if mask is not None:
-                raise InvalidInputError("mask: only for an (N, L, F) array")
-            events = [np.asarray(e, dtype=np.float64) for e in leaves]
-            if not events:
-                return np.zeros((0, 1, self.n_features)), np.zeros((0, 1), dtype=bool)
-            for n, event in enumerate(events):
-                if event.ndim != 2:
-                    raise InvalidInputError(f"leaves[{n}]: expected (L, F), got {event.shape}")
-            size = max(len(e) for e in events)
-            width = events[0].shape[1]
-            x = np.zeros((len(events), size, width))
-            mask = np.zeros((len(events), size), dtype=bool)
-            for n, event in enumerate(events):
-                if event.shape[1] != width:
-                    raise InvalidInputError(
-                        f"leaves[{n}]: {event.shape[1]} features, event 0 has {width}"
-                    )
-                x[n, : len(event)] = event
-                mask[n, : len(event)] = True
-        if x.shape[-1] != self.n_features:
-            raise InvalidInputError(
-                f"leaves: {x.shape[-1]} features per leaf, the model takes {self.n_features} "
-                "(px, py, pz, E)"
-            )
-        bad = mask[..., None] & ~np.isfinite(x)
-        if bad.any():
-            n, leaf, feature = (int(i) for i in np.argwhere(bad)[0])
-            raise InvalidInputError(
-                f"leaves: event {n}, leaf {leaf}, feature {feature} is {x[n, leaf, feature]}"
-            )
-        counts = mask.sum(1)
-        if counts.size and counts.max() > self.max_leaves:
-            n = int(np.argmax(counts))
-            raise InvalidInputError(
-                f"leaves: event {n} has {int(counts[n])} leaves, the model supports at most "
-                f"{self.max_leaves}"
-            )
-        return x, mask

@@ -78,13 +78,13 @@ def test_lists_and_arrays_agree_and_order_is_kept(checkpoint, tiny_data):
 def test_bad_inputs_are_named(checkpoint):
     reco = lcag.Reconstructor.from_checkpoint(checkpoint)
     good = np.random.default_rng(0).normal(size=(2, 4, 4))
-    with pytest.raises(InvalidInputError, match="3 features per leaf, the model takes 4"):
+    with pytest.raises(InvalidInputError, match="3 features per leaf, expected 4"):
         reco.reconstruct(good[..., :3])
     nan = good.copy()
     nan[1, 2, 0] = np.nan
     with pytest.raises(InvalidInputError, match="event 1, leaf 2, feature 0 is nan"):
         reco.reconstruct(nan)
-    with pytest.raises(InvalidInputError, match="has 70 leaves, the model supports at most 64"):
+    with pytest.raises(InvalidInputError, match="has 70 leaves, at most 64 are supported"):
         reco.reconstruct([np.ones((70, 4))])
     with pytest.raises(InvalidInputError, match="checkpoint not found"):
         lcag.Reconstructor.from_checkpoint(checkpoint.with_name("missing.ckpt"))
