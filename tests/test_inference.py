@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -13,28 +10,7 @@ import lcag
 from lcag import is_valid_lcag, tree_to_lcag
 from lcag.data import LCAGDataModule, collate
 from lcag.errors import InvalidInputError
-from lcag.models import LCAGTransformer
 from lcag.module import LCAGModule
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_data, tmp_path_factory) -> Path:
-    pl.seed_everything(0)
-    dm = LCAGDataModule(str(tiny_data), batch_size=64, max_train_events=1000, max_eval_events=100)
-    module = LCAGModule(
-        LCAGTransformer(n_classes=5, dim=32, depth=2, heads=4, n_pair_features=2),
-        pair_features=["mass", "angle"],
-        lr=3e-3,
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
-        default_root_dir=tmp_path_factory.mktemp("ckpt"),
-    )  # fmt: skip
-    trainer.fit(module, dm)
-    path = tmp_path_factory.mktemp("model") / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return path
 
 
 def test_matches_the_trained_module(checkpoint, tiny_data):

@@ -6,7 +6,8 @@ What an analyst tries first, without machine learning:
    their summed 4-momenta and its uncertainty ``sigma_S``. With a relative momentum resolution
    ``r`` (each component smeared, E recomputed from the leaf mass, as ``lcag-generate`` does),
    ``Var(m_S^2) = 4 r^2 sum_{i in S} sum_c p_ic^2 (E_S p_ic / E_i - P_Sc)^2`` and
-   ``sigma_S = sqrt(Var) / (2 m_S)``; a floor ``mass_tolerance * M`` keeps exact data exact.
+   ``sigma_S = sqrt(Var) / (2 m_S)``; half the particle's width and ``mass_tolerance * M``
+   add in quadrature (the latter keeps exact data exact).
 2. ``S`` is a candidate intermediate particle when ``chi2 = ((m_S - M) / sigma_S)^2`` is below
    ``window^2`` for some known intermediate mass ``M``.
 3. Among all laminar families of candidates (sets that nest or are disjoint, i.e. valid
@@ -41,6 +42,8 @@ class CombinatorialBaseline:
 
     Args:
         masses: the intermediate masses that may occur (e.g. the paper's 90, 80, ..., 10).
+        widths: their total widths; half of each adds in quadrature to ``sigma_S`` (a rough
+            Gaussian stand-in for the Breit-Wigner line shape). Default: all 0.
         resolution: relative momentum resolution of the leaves (0 for exact data).
         mass_tolerance: relative mass window kept even at zero resolution.
         window: the chi-square window, in standard deviations.
@@ -48,14 +51,22 @@ class CombinatorialBaseline:
     """
 
     masses: Sequence[float]
+    widths: Sequence[float] | None = None
     resolution: float = 0.0
     mass_tolerance: float = 1e-6
     window: float = 3.0
     max_leaves: int = 12
     _masses: np.ndarray = field(init=False, repr=False)
+    _widths: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._masses = np.asarray(sorted(self.masses), dtype=np.float64)
+        self._masses = np.asarray(self.masses, dtype=np.float64)
+        widths = np.zeros_like(self._masses) if self.widths is None else self.widths
+        self._widths = np.asarray(widths, dtype=np.float64)
+        if self._widths.shape != self._masses.shape or (self._widths < 0).any():
+            raise InvalidInputError(
+                f"widths: expected {len(self._masses)} widths >= 0, got {self.widths}"
+            )
         if self._masses.size == 0 or not (self._masses > 0).all():
             raise InvalidInputError(f"masses: need positive intermediate masses, got {self.masses}")
         if self.resolution < 0 or self.window <= 0 or self.mass_tolerance <= 0:
@@ -90,10 +101,9 @@ class CombinatorialBaseline:
         if n < 3:
             return DecayTree([n] * n + [-1] if n > 1 else [-1])
         mass, sigma = _subset_masses(p, self.resolution)
-        nearest = np.abs(mass[:, None] - self._masses[None, :]).argmin(axis=1)
-        target = self._masses[nearest]
-        sigma = np.maximum(sigma, self.mass_tolerance * target)
-        chi2 = ((mass - target) / sigma) ** 2
+        M, W = self._masses[None, :], self._widths[None, :]
+        total = np.sqrt(sigma[:, None] ** 2 + (W / 2) ** 2 + (self.mass_tolerance * M) ** 2)
+        chi2 = (((mass[:, None] - M) / total) ** 2).min(axis=1)
         full = (1 << n) - 1
         sizes = np.array([bin(s).count("1") for s in range(1 << n)])
         candidate = (chi2 <= self.window**2) & (sizes >= 2)

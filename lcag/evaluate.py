@@ -1,0 +1,206 @@
+"""``lcag-evaluate``: a report on a trained model beside the combinatorial physics baseline.
+
+    lcag-evaluate --ckpt runs/tiny_transformer/checkpoints/best.ckpt --data data/tiny \\
+        --split test test_unknown --out reports/tiny
+
+Writes ``report.json``, ``report.md`` and PNG plots to ``--out``: the perfect-tree rate against
+leaf count and against depth for the model with argmax, the model with valid-tree decoding,
+and the baseline; the model's LCAG confusion matrix; three example events, true vs predicted
+trees. Known (``test``) and unseen (``test_unknown``) topologies are reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lcag.baselines import CombinatorialBaseline
+from lcag.data import LCAGDataset, collate
+from lcag.decode import decode
+from lcag.errors import LCAGError
+from lcag.inference import Reconstructor
+from lcag.matrix import tree_to_lcag
+
+__all__ = ["evaluate", "main"]
+
+METHODS = ("argmax", "decoded", "baseline")
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    splits: list[str],
+    out: str | Path,
+    *,
+    max_events: int | None = None,
+    baseline_max_leaves: int = 12,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on dataset splits; write the report and plots; return it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reco = Reconstructor.from_checkpoint(checkpoint)
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "data": str(data), "splits": {}}
+    examples = []
+    for split in splits:
+        dataset = LCAGDataset(data, split, max_events=max_events)
+        baseline = _baseline_for(dataset, baseline_max_leaves)
+        depths = np.array([t.depth for t in dataset.topology_table()])
+        result = _evaluate_split(reco, dataset, baseline, depths, batch_size)
+        examples += result.pop("examples")
+        report["splits"][split] = result
+    report["baseline"] = {
+        "masses": [float(m) for m in baseline.masses],
+        "resolution": baseline.resolution,
+        "max_leaves": baseline_max_leaves,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    (out / "report.md").write_text(_markdown(report))
+    from lcag.plots import plot_confusion, plot_examples, plot_rates
+
+    plot_rates(report, "leaves", out / "perfect_vs_leaves.png")
+    plot_rates(report, "depth", out / "perfect_vs_depth.png")
+    plot_confusion(report, out / "confusion.png")
+    plot_examples(examples[:3], out / "examples.png")
+    return report
+
+
+def _baseline_for(dataset: LCAGDataset, max_leaves: int) -> CombinatorialBaseline:
+    """The baseline with the dataset's intermediate masses and its generation resolution."""
+    table = dataset.topology_table()
+    masses: dict[float, float] = {}
+    for topology in table:
+        tree = topology.tree
+        for node in tree.inner_nodes:
+            if node != tree.root:
+                masses[float(tree.masses[node])] = float(topology.widths[node])
+    config = dataset.manifest.get("config", {})
+    resolution = float(config.get("kinematics", {}).get("momentum_resolution", 0.0))
+    if not masses:  # only two-level trees: any mass below the root can match nothing
+        masses = {float(table.masses.max()) * 2: 0.0}
+    return CombinatorialBaseline(
+        list(masses), widths=list(masses.values()), resolution=resolution, max_leaves=max_leaves
+    )
+
+
+def _evaluate_split(
+    reco: Reconstructor,
+    dataset: LCAGDataset,
+    baseline: CombinatorialBaseline,
+    depths: np.ndarray,
+    batch_size: int,
+) -> dict[str, Any]:
+    n_classes = None
+    perfect = {m: [] for m in METHODS}
+    sizes, event_depths = [], []
+    confusion = None
+    examples = []
+    for start in range(0, len(dataset), batch_size):
+        events = dataset.__getitems__(range(start, min(start + batch_size, len(dataset))))
+        batch = collate(events)
+        x, mask = batch["x"].numpy().astype(np.float64), batch["mask"].numpy()
+        target = batch["target"].numpy()
+        probs = reco.probabilities(x, mask)
+        n_classes = probs.shape[-1]
+        argmax = probs.argmax(-1)
+        decoded = decode(probs, mask)
+        if confusion is None:
+            confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+        valid = target >= 0
+        np.add.at(confusion, (target[valid], np.clip(decoded[valid], 0, n_classes - 1)), 1)
+        for k, event in enumerate(events):
+            n = len(event["x"])
+            real = np.arange(n)
+            truth = event["target"].copy()
+            np.fill_diagonal(truth, 0)
+            a = argmax[k][np.ix_(real, real)].copy()
+            np.fill_diagonal(a, 0)
+            d = decoded[k][np.ix_(real, real)]
+            perfect["argmax"].append(np.array_equal(a, truth))
+            perfect["decoded"].append(np.array_equal(d, truth))
+            if n <= baseline.max_leaves:
+                b = tree_to_lcag(baseline.reconstruct([event["x"].astype(np.float64)])[0])
+                perfect["baseline"].append(np.array_equal(b, truth))
+            else:
+                perfect["baseline"].append(None)
+            sizes.append(n)
+            event_depths.append(int(depths[event["topology"]]))
+            if len(examples) < 3 and n >= 4 and not perfect["decoded"][-1]:
+                examples.append((dataset.split, truth, d))
+    sizes_arr, depth_arr = np.array(sizes), np.array(event_depths)
+    result: dict[str, Any] = {"events": len(sizes), "overall": {}, "leaves": {}, "depth": {}}
+    for method in METHODS:
+        flags = np.array([np.nan if f is None else float(f) for f in perfect[method]])
+        result["overall"][method] = _rate(flags)
+        for key, values in (("leaves", sizes_arr), ("depth", depth_arr)):
+            result[key].setdefault(method, {})
+            for v in np.unique(values):
+                result[key][method][str(int(v))] = _rate(flags[values == v])
+    result["confusion"] = confusion.tolist() if confusion is not None else []
+    result["examples"] = examples
+    return result
+
+
+def _rate(flags: np.ndarray) -> dict[str, float | int]:
+    attempted = flags[~np.isnan(flags)]
+    return {"rate": float(attempted.mean()) if attempted.size else float("nan"),
+            "events": int(attempted.size)}  # fmt: skip
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [f"# lcag evaluation\n\ncheckpoint `{report['checkpoint']}`, data `{report['data']}`\n"]
+    for split, result in report["splits"].items():
+        label = "unseen topologies" if split == "test_unknown" else "known topologies"
+        lines.append(f"## {split} ({label}, {result['events']} events)\n")
+        lines.append("| leaves | model, argmax | model, valid-tree decoding | baseline |")
+        lines.append("|---:|---:|---:|---:|")
+        for n in sorted(result["leaves"]["argmax"], key=int):
+            cells = []
+            for method in METHODS:
+                info = result["leaves"][method].get(n, {"rate": float("nan"), "events": 0})
+                cells.append(
+                    "-" if not info["events"] else f"{info['rate']:.1%} ({info['events']})"
+                )
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        overall = [f"**{result['overall'][m]['rate']:.1%}**" for m in METHODS]
+        lines.append("| all | " + " | ".join(overall) + " |\n")
+    baseline = report["baseline"]
+    lines.append(
+        f"Baseline: invariant-mass matching to {len(baseline['masses'])} intermediate masses, "
+        f"momentum resolution {baseline['resolution']:g}, events with at most "
+        f"{baseline['max_leaves']} leaves.\n"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lcag-evaluate", description="Evaluate a checkpoint beside the physics baseline."
+    )
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint from lcag fit")
+    parser.add_argument("--data", type=Path, required=True, help="dataset directory")
+    parser.add_argument("--split", nargs="+", default=["test", "test_unknown"])
+    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument("--max-events", type=int, default=None, help="events per split")
+    parser.add_argument("--baseline-max-leaves", type=int, default=12)
+    args = parser.parse_args(argv)
+    try:
+        report = evaluate(
+            args.ckpt, args.data, args.split, args.out,
+            max_events=args.max_events, baseline_max_leaves=args.baseline_max_leaves,
+        )  # fmt: skip
+    except LCAGError as exc:
+        print(f"lcag-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(_markdown(report))
+    print(f"report and plots in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
