@@ -26,7 +26,7 @@ from lcag.errors import LCAGError
 from lcag.inference import Reconstructor
 from lcag.matrix import tree_to_lcag
 
-__all__ = ["evaluate", "main"]
+__all__ = ["baseline_for", "evaluate", "main"]
 
 METHODS = ("argmax", "decoded", "baseline")
 
@@ -49,7 +49,7 @@ def evaluate(
     examples = []
     for split in splits:
         dataset = LCAGDataset(data, split, max_events=max_events)
-        baseline = _baseline_for(dataset, baseline_max_leaves)
+        baseline = baseline_for(dataset, baseline_max_leaves)
         depths = np.array([t.depth for t in dataset.topology_table()])
         result = _evaluate_split(reco, dataset, baseline, depths, batch_size)
         examples += result.pop("examples")
@@ -70,7 +70,7 @@ def evaluate(
     return report
 
 
-def _baseline_for(dataset: LCAGDataset, max_leaves: int) -> CombinatorialBaseline:
+def baseline_for(dataset: LCAGDataset, max_leaves: int) -> CombinatorialBaseline:
     """The baseline with the dataset's intermediate masses and its generation resolution."""
     table = dataset.topology_table()
     masses: dict[float, float] = {}
