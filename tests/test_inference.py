@@ -69,3 +69,16 @@ def test_bad_inputs_are_named(checkpoint):
 def test_loads_with_weights_only(checkpoint):
     state = torch.load(checkpoint, weights_only=True)
     assert "model" in state["hyper_parameters"]
+
+
+def test_awkward_events(checkpoint):
+    import awkward as ak
+
+    reco = lcag.Reconstructor.from_checkpoint(checkpoint)
+    rng = np.random.default_rng(1)
+    events = [rng.normal(size=(n, 4)) + np.array([0, 0, 0, 30.0]) for n in (3, 6, 2)]
+    from_awkward = reco.reconstruct(ak.Array([e.tolist() for e in events]))
+    from_list = reco.reconstruct(events)
+    assert [r.lcag.shape[0] for r in from_awkward] == [3, 6, 2]
+    for a, b in zip(from_awkward, from_list, strict=True):
+        np.testing.assert_array_equal(a.lcag, b.lcag)
