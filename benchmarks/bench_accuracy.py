@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = {6: 0.925, 10: 0.597}
 
 
-def make_data(out: Path) -> Path:
+def make_data(out: Path, config: str = "paper") -> Path:
     from lcag.data_gen.config import load_config
     from lcag.data_gen.writer import generate_dataset
 
-    data = yaml.safe_load((ROOT / "configs" / "data" / "paper.yaml").read_text())
+    data = yaml.safe_load((ROOT / "configs" / "data" / f"{config}.yaml").read_text())
     data["random"]["max_leaves"] = 10
     data["topologies"] = {"known": 100, "unknown": 50}
     data["events"] = {"train": 500, "val": 50, "test": 100, "test_unknown": 100}
