@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,19 @@ class Reconstruction:
 
     Attributes:
         lcag: ``(L, L)`` int64, the decoded LCAG (always a valid one).
-        tree: the decay tree it describes (leaf ``k`` is the event's ``k``-th particle).
         probs: ``(L, L, C)`` per-pair class probabilities from the model.
         score: the tree's score, the sum over pairs of log-probabilities.
+        tree: the decay tree the LCAG describes (leaf ``k`` is the event's ``k``-th
+            particle), built on first access.
     """
 
     lcag: np.ndarray
-    tree: DecayTree
     probs: np.ndarray
     score: float
+
+    @cached_property
+    def tree(self) -> DecayTree:
+        return lcag_to_tree(self.lcag)
 
 
 class Reconstructor:
@@ -146,10 +151,7 @@ class Reconstructor:
                 real = np.flatnonzero(mb[k])
                 matrix = decoded[k][np.ix_(real, real)]
                 out[int(event)] = Reconstruction(
-                    lcag=matrix,
-                    tree=lcag_to_tree(matrix),
-                    probs=probs[k][np.ix_(real, real)],
-                    score=float(scores[k]),
+                    lcag=matrix, probs=probs[k][np.ix_(real, real)], score=float(scores[k])
                 )
         results = [out[i] for i in range(len(x))]
         return results
