@@ -176,7 +176,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.drop_last = drop_last
+        self._drop_last = drop_last  # private: Lightning would rebuild a sampler exposing it
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -191,7 +191,7 @@ class BucketBatchSampler(Sampler[list[int]]):
                 events = rng.permutation(events)
             for k in range(0, len(events), self.batch_size):
                 chunk = events[k : k + self.batch_size]
-                if len(chunk) == self.batch_size or not self.drop_last:
+                if len(chunk) == self.batch_size or not self._drop_last:
                     batches.append(chunk.tolist())
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]

@@ -13,14 +13,20 @@ from lcag.errors import InvalidInputError
 from lcag.module import LCAGModule
 
 
+@pytest.mark.filterwarnings("ignore:You are using a custom batch sampler:UserWarning")
 def test_matches_the_trained_module(checkpoint, tiny_data):
+    import lightning.pytorch as pl
+
     reco = lcag.Reconstructor.from_checkpoint(checkpoint)
     module = LCAGModule.from_checkpoint(checkpoint)
-    dm = LCAGDataModule(str(tiny_data), eval_batch_size=128)
+    dm = LCAGDataModule(str(tiny_data), eval_batch_size=128, max_eval_events=300)
     dm.setup("test")
-    for batch in list(dm.test_dataloader()[0])[:3]:
-        with torch.no_grad():
-            expected = module.predict_step(batch, 0)
+    loader = dm.test_dataloader()[0]
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, use_distributed_sampler=False
+    )
+    predictions = trainer.predict(module, dataloaders=loader)  # Lightning's own loop
+    for batch, expected in zip(loader, predictions, strict=True):
         results = reco.reconstruct(batch["x"].numpy(), batch["mask"].numpy())
         for k, result in enumerate(results):
             real = batch["mask"][k].numpy()
