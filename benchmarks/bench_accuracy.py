@@ -94,15 +94,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=12.0, help="training time per model")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_accuracy")
+    parser.add_argument(
+        "--data-config", default="paper", help="paper (exact) or realistic (resolution, widths)"
+    )
+    parser.add_argument("--models", nargs="+", default=["tiny_transformer", "tiny_nri"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data = make_data(args.out)
-    results = [
-        train_and_test(n, data, args.out, args.minutes) for n in ("tiny_transformer", "tiny_nri")
-    ]
+    data = make_data(args.out, args.data_config)
+    results = [train_and_test(n, data, args.out, args.minutes) for n in args.models]
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(
-        f"# paper protocol scaled: 50,000 training events, {args.minutes:g} min CPU training each"
+        f"# {args.data_config}.yaml scaled: 50,000 training events, "
+        f"{args.minutes:g} min CPU training each; checkpoints in {args.out}"
     )
     print(f"{'model':<18} {'topologies':<8} {'decoding':<8} {'<=6 leaves':>10} {'<=10 leaves':>11}")
     for r in results:
