@@ -13,6 +13,7 @@ changes the logits of the real leaves. ``model.config()`` is a JSON-serialisable
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
 from abc import ABC, abstractmethod
@@ -27,19 +28,34 @@ __all__ = ["LCAGModel"]
 
 
 class LCAGModel(nn.Module, ABC):
-    """Base of every model: stores its constructor arguments and checks the inputs.
+    """Base of every model: records its constructor arguments and checks the inputs.
 
-    Subclasses call ``super().__init__(n_features=..., n_classes=..., ...)`` with *all* their
-    constructor arguments, so ``LCAGModel.from_config(model.config())`` rebuilds an identical
-    architecture.
-
-    Args:
-        **init_args: the subclass's constructor arguments (JSON-serialisable values).
+    A subclass's constructor arguments (JSON-serialisable values) are recorded automatically
+    in ``init_args``, defaults included, so ``LCAGModel.from_config(model.config())`` rebuilds
+    an identical architecture; subclasses just call ``super().__init__()``.
     """
 
-    def __init__(self, **init_args: Any) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in vars(cls):
+            return
+        init = cls.__init__
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: LCAGModel, *args: Any, **kw: Any) -> None:
+            bound = signature.bind(self, *args, **kw)
+            bound.apply_defaults()
+            init(self, *args, **kw)
+            if type(self) is cls:  # the most derived class records its own arguments
+                arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+                self.init_args = copy.deepcopy(arguments)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def __init__(self) -> None:
         super().__init__()
-        self.init_args: dict[str, Any] = copy.deepcopy(init_args)
+        self.init_args: dict[str, Any] = {}
 
     def config(self) -> dict[str, Any]:
         """``{"class_path": "<module>.<ClassName>", "init_args": {...}}``, JSON-serialisable."""

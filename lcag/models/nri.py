@@ -152,14 +152,7 @@ class LCAGNRI(LCAGModel):
         dropout: float = 0.0,
         n_pair_features: int = 0,
     ) -> None:
-        super().__init__(
-            n_features=n_features,
-            n_classes=n_classes,
-            dim=dim,
-            depth=depth,
-            dropout=dropout,
-            n_pair_features=n_pair_features,
-        )
+        super().__init__()
         self.embed = nn.Sequential(nn.Linear(n_features, dim), nn.GELU(), nn.Linear(dim, dim))
         if n_pair_features > 0:
             self.edge_init: nn.Module = nn.Linear(n_pair_features, dim)

@@ -102,16 +102,7 @@ class LCAGTransformer(LCAGModel):
         dropout: float = 0.0,
         n_pair_features: int = 0,
     ) -> None:
-        super().__init__(
-            n_features=n_features,
-            n_classes=n_classes,
-            dim=dim,
-            depth=depth,
-            heads=heads,
-            ffn_factor=ffn_factor,
-            dropout=dropout,
-            n_pair_features=n_pair_features,
-        )
+        super().__init__()
         self.depth, self.heads = depth, heads
         self.embed = nn.Sequential(nn.Linear(n_features, dim), nn.GELU(), nn.Linear(dim, dim))
         self.pair_bias = None
