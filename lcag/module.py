@@ -24,7 +24,7 @@ from lcag.models.base import LCAGModel
 
 __all__ = ["LCAGModule"]
 
-SUBSETS = {"val": "val", ("test", 0): "test", ("test", 1): "test_unseen"}
+TEST_SUBSETS = ("test", "test_unseen")  # test dataloader 0: known topologies, 1: unseen
 
 
 class LCAGModule(pl.LightningModule):
@@ -178,7 +178,7 @@ class LCAGModule(pl.LightningModule):
     def test_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._common_step(batch, SUBSETS["test", dataloader_idx])
+        self._common_step(batch, TEST_SUBSETS[dataloader_idx])
 
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
