@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,19 @@ def test_a_config_naming_a_missing_class_is_refused(tiny_data, tmp_path):
     assert result.returncode != 0
     assert "lcag.models.LCAGPerceiver" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_testing_reports_known_and_unseen_topologies(checkpoint, tiny_data, tmp_path, capsys):
+    from lcag.callbacks import ResultsTable
+
+    module = LCAGModule.from_checkpoint(checkpoint)
+    dm = LCAGDataModule(str(tiny_data), eval_batch_size=256)
+    table = ResultsTable(path=str(tmp_path / "results.json"))
+    trainer(tmp_path, callbacks=[table]).test(module, dm)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test"]["events"] == 600
+    assert results["test_unseen"]["events"] == 200
+    for subset in ("test", "test_unseen"):
+        by_size = results[subset]["by_size"]["perfect_decoded"]
+        assert sum(n for _, n in by_size.values()) == results[subset]["events"]
+    assert "unseen topologies" in capsys.readouterr().out
