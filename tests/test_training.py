@@ -39,7 +39,7 @@ def trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
 @pytest.mark.parametrize(
     "make_model",
     [
-        (lambda: LCAGTransformer(n_classes=5, dim=128, depth=3, heads=4, n_pair_features=2), 1e-3),
+        (lambda: LCAGTransformer(n_classes=5, dim=128, depth=4, heads=8, n_pair_features=2), 5e-4),
         (lambda: LCAGNRI(n_classes=5, dim=64, depth=2, n_pair_features=2), 3e-3),
     ],
     ids=["transformer", "nri"],
@@ -57,7 +57,7 @@ def test_overfits_64_events_to_perfect_trees(tiny_data, tmp_path, make_model):
     done = pl.callbacks.EarlyStopping(
         "val/perfect_argmax", mode="max", stopping_threshold=0.999, patience=10_000
     )
-    trainer(tmp_path, max_epochs=300, callbacks=[done]).fit(module, dm)
+    trainer(tmp_path, max_epochs=500, callbacks=[done]).fit(module, dm)
     module.eval()
     perfect = total = 0
     with torch.no_grad():
