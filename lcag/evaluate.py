@@ -24,7 +24,6 @@ from lcag.data import LCAGDataset, collate
 from lcag.decode import decode
 from lcag.errors import LCAGError
 from lcag.inference import Reconstructor
-from lcag.matrix import tree_to_lcag
 
 __all__ = ["baseline_for", "evaluate", "main"]
 
@@ -113,6 +112,9 @@ def _evaluate_split(
             confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         valid = target >= 0
         np.add.at(confusion, (target[valid], np.clip(decoded[valid], 0, n_classes - 1)), 1)
+        small = [k for k, e in enumerate(events) if len(e["x"]) <= baseline.max_leaves]
+        found = baseline.lcag([events[k]["x"].astype(np.float64) for k in small])
+        by_baseline = dict(zip(small, found, strict=True))
         for k, event in enumerate(events):
             n = len(event["x"])
             real = np.arange(n)
@@ -123,11 +125,8 @@ def _evaluate_split(
             d = decoded[k][np.ix_(real, real)]
             perfect["argmax"].append(np.array_equal(a, truth))
             perfect["decoded"].append(np.array_equal(d, truth))
-            if n <= baseline.max_leaves:
-                b = tree_to_lcag(baseline.reconstruct([event["x"].astype(np.float64)])[0])
-                perfect["baseline"].append(np.array_equal(b, truth))
-            else:
-                perfect["baseline"].append(None)
+            b = by_baseline.get(k)
+            perfect["baseline"].append(None if b is None else np.array_equal(b, truth))
             sizes.append(n)
             event_depths.append(int(depths[event["topology"]]))
             if len(examples) < 3 and n >= 4 and not perfect["decoded"][-1]:

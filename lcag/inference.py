@@ -137,7 +137,6 @@ class Reconstructor:
                 than the model supports (the message names the event and leaf).
         """
         x, mask = as_padded(leaves, mask, self.n_features, self.max_leaves)
-        results: list[Reconstruction] = []
         order = np.argsort(mask.sum(1), kind="stable")  # similar sizes share a batch
         out: dict[int, Reconstruction] = {}
         for start in range(0, len(x), batch_size):
@@ -153,5 +152,4 @@ class Reconstructor:
                 out[int(event)] = Reconstruction(
                     lcag=matrix, probs=probs[k][np.ix_(real, real)], score=float(scores[k])
                 )
-        results = [out[i] for i in range(len(x))]
-        return results
+        return [out[i] for i in range(len(x))]

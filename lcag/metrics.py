@@ -57,43 +57,36 @@ class PerfectTreeRate(Metric):
         return float(self.correct[: max_leaves + 1].sum()) / max(total, 1), total
 
 
-class PairAccuracy(Metric):
-    """Share of leaf pairs (off-diagonal, not padding) whose class is right."""
+class _Ratio(Metric):
+    """A share: ``hits / total`` summed over updates (and over ranks under DDP)."""
 
     full_state_update = False
     higher_is_better = True
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("correct", torch.zeros((), dtype=torch.long), "sum")
+        self.add_state("hits", torch.zeros((), dtype=torch.long), "sum")
         self.add_state("total", torch.zeros((), dtype=torch.long), "sum")
+
+    def compute(self) -> torch.Tensor:
+        return self.hits / torch.clamp(self.total, min=1)
+
+
+class PairAccuracy(_Ratio):
+    """Share of leaf pairs (off-diagonal, not padding) whose class is right."""
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred, target: ``(B, L, L)``."""
         valid = target >= 0
-        self.correct += (pred[valid] == target[valid]).sum()
+        self.hits += (pred[valid] == target[valid]).sum()
         self.total += valid.sum()
 
-    def compute(self) -> torch.Tensor:
-        return self.correct / torch.clamp(self.total, min=1)
 
-
-class ValidTreeRate(Metric):
+class ValidTreeRate(_Ratio):
     """Share of predicted matrices that are the LCAG of some decay tree."""
-
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("valid", torch.zeros((), dtype=torch.long), "sum")
-        self.add_state("total", torch.zeros((), dtype=torch.long), "sum")
 
     def update(self, pred: torch.Tensor, mask: torch.Tensor) -> None:
         """pred: ``(B, L, L)``; mask: ``(B, L)`` bool, real leaves."""
         valid = is_valid_lcag(pred.detach().cpu().numpy(), mask.detach().cpu().numpy())
-        self.valid += int(np.sum(valid))
+        self.hits += int(np.sum(valid))
         self.total += pred.shape[0]
-
-    def compute(self) -> torch.Tensor:
-        return self.valid / torch.clamp(self.total, min=1)
