@@ -25,7 +25,11 @@ class ResultsTable(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         results: dict[str, Any] = getattr(pl_module, "results", {})
         subsets = [s for s in ("test", "test_unseen") if s in results]
-        if not subsets or trainer.global_rank != 0:
+        if not subsets:
+            return
+        # trainer.log_dir broadcasts from rank 0: every rank must ask for it.
+        path = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "results.json"
+        if trainer.global_rank != 0:
             return
         from rich.console import Console
         from rich.table import Table
@@ -57,6 +61,5 @@ class ResultsTable(pl.Callback):
             table.add_row(str(n), *(cell(s, n) for s in subsets))
         table.add_row("all", *(cell(s, None) for s in subsets), style="bold")
         Console().print(table)
-        path = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "results.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")

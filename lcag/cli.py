@@ -4,25 +4,40 @@
     lcag test --config configs/fit/tiny_transformer.yaml --ckpt_path best
 
 A config file is the whole experiment: model (by ``class_path``), data, trainer, callbacks.
+Every run logs its energy: a config without an :class:`lcag.energy.EnergyLogger` callback gets
+one with the defaults (``energy.json`` in the run directory).
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
 from lcag.data import LCAGDataModule
+from lcag.energy.callback import EnergyLogger
 from lcag.module import LCAGModule
 
-__all__ = ["main"]
+__all__ = ["LCAGCLI", "main"]
+
+
+class LCAGCLI(LightningCLI):
+    """LightningCLI that adds an :class:`EnergyLogger` when the config has none."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(c, EnergyLogger) for c in trainer.callbacks):
+            trainer.callbacks.append(EnergyLogger())
+        return trainer
 
 
 def main(args: list[str] | None = None) -> None:
     # Lightning 2.6 on torch 2.13 warns about torch's LeafSpec on every run; nothing to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    LightningCLI(
+    LCAGCLI(
         LCAGModule,
         LCAGDataModule,
         save_config_kwargs={"overwrite": True},

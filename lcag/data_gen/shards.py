@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ __all__ = [
     "FEATURES",
     "SCHEMA_VERSION",
     "TopologyTable",
-    "atomic_write_text",
     "read_manifest",
     "sha256_of",
     "shard_path",
@@ -41,7 +39,6 @@ __all__ = [
 SCHEMA_VERSION = 1
 FEATURES = ("px", "py", "pz", "E")
 MANIFEST = "manifest.json"
-TMP_SUFFIX = ".partial"
 
 
 def shard_path(root: Path, split: str, index: int) -> Path:
@@ -58,16 +55,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

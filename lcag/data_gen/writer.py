@@ -27,15 +27,14 @@ from lcag.data_gen.shards import (
     FEATURES,
     MANIFEST,
     SCHEMA_VERSION,
-    TMP_SUFFIX,
     TopologyTable,
-    atomic_write_text,
     checksum_path,
     sha256_of,
     shard_path,
 )
 from lcag.data_gen.topology import Topology
 from lcag.errors import DatasetError
+from lcag.files import TMP_SUFFIX, atomic_write_text
 from lcag.matrix import permute, tree_to_lcag
 
 __all__ = [
