@@ -21,7 +21,19 @@ from lcag.data import LCAGDataModule
 from lcag.energy.callback import EnergyLogger
 from lcag.module import LCAGModule
 
-__all__ = ["LCAGCLI", "main"]
+__all__ = ["LCAGCLI", "main", "quiet_known_warnings"]
+
+
+def quiet_known_warnings() -> None:
+    """Silence third-party warnings with nothing for a user to act on."""
+    # Lightning 2.6 on torch 2.13: torch's LeafSpec, on every run.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Lightning's CLI uses jsonargparse APIs deprecated in jsonargparse 4.49.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"(?s).*(JsonargparseDeprecation|was deprecated in v4\.)",
+        category=DeprecationWarning,
+    )
 
 
 class LCAGCLI(LightningCLI):
@@ -35,8 +47,7 @@ class LCAGCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    # Lightning 2.6 on torch 2.13 warns about torch's LeafSpec on every run; nothing to act on.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    quiet_known_warnings()
     LCAGCLI(
         LCAGModule,
         LCAGDataModule,

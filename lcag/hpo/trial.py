@@ -5,7 +5,8 @@ A trial lives in its own directory (``<out>/trials/<trial id>/``):
     trial.yaml     the complete fit config (``lcag fit --config trial.yaml`` reruns it)
     result.json    written last and atomically: hyperparameters, objective, metrics, wall time,
                    energy. A trial directory without it is unfinished and is redone.
-    energy.json, metrics.csv, TensorBoard events, checkpoints/ : the fit's own outputs
+    energy.json    the fit's energy (lcag.energy.EnergyLogger)
+    csv/, tensorboard/, checkpoints/   the fit's loggers and checkpoints
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import shutil
 import time
 import traceback
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,37 +26,21 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import yaml
 
-from lcag.cli import LCAGCLI
+from lcag.cli import LCAGCLI, quiet_known_warnings
 from lcag.data import LCAGDataModule
 from lcag.energy.callback import EnergyLogger
 from lcag.errors import ConfigError
 from lcag.files import atomic_write_json, atomic_write_text
+from lcag.hpo.config import Budget
 from lcag.hpo.space import apply
 from lcag.module import LCAGModule
 
-__all__ = ["OBJECTIVES", "Budget", "TrialResult", "load_result", "run_trial", "trial_config"]
+__all__ = ["OBJECTIVES", "TrialResult", "load_result", "run_trial", "trial_config"]
 
 Objective = Literal["val_loss", "1-perfect"]
 OBJECTIVES = ("val_loss", "1-perfect")
 RESULT = "result.json"
 CONFIG = "trial.yaml"
-
-
-@dataclass
-class Budget:
-    """What one evaluation may spend.
-
-    Attributes:
-        max_epochs: epochs per trial.
-        max_minutes: wall-clock cap per trial (``None``: epochs only).
-        max_train_events: cap on the training events per epoch (``None``: the base config's).
-        max_eval_events: cap on the validation events (``None``: the base config's).
-    """
-
-    max_epochs: int = 3
-    max_minutes: float | None = None
-    max_train_events: int | None = None
-    max_eval_events: int | None = None
 
 
 @dataclass
@@ -106,8 +92,11 @@ def trial_config(
     trainer["enable_progress_bar"] = False
     trainer["enable_model_summary"] = False
     for logger in _as_list(trainer.get("logger")):
-        if isinstance(logger, dict):
-            logger.setdefault("init_args", {}).update(save_dir=str(trial_dir), name="", version="")
+        if isinstance(logger, dict):  # <trial>/tensorboard/, <trial>/csv/metrics.csv
+            kind = logger.get("class_path", "logs").rsplit(".", 1)[-1].removesuffix("Logger")
+            logger.setdefault("init_args", {}).update(
+                save_dir=str(trial_dir), name="", version=kind.lower()
+            )
     callbacks = []
     for callback in _as_list(trainer.get("callbacks")):
         class_path = callback.get("class_path", "") if isinstance(callback, dict) else ""
@@ -189,13 +178,16 @@ def load_result(trial_dir: Path) -> TrialResult | None:
 def _fit(config_path: Path) -> dict[str, Any]:
     """Run ``lcag fit --config config_path`` in this process; return its best metrics."""
     best = _BestValidation()
-    cli = LCAGCLI(
-        LCAGModule,
-        LCAGDataModule,
-        args=["--config", str(config_path)],
-        run=False,
-        save_config_callback=None,
-    )
+    with warnings.catch_warnings():  # lcag-hpo's own sys.argv is not meant for the fit
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
+        quiet_known_warnings()
+        cli = LCAGCLI(
+            LCAGModule,
+            LCAGDataModule,
+            args=["--config", str(config_path)],
+            run=False,
+            save_config_callback=None,
+        )
     trainer = cli.trainer
     trainer.callbacks.append(best)
     trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -221,7 +213,8 @@ class _BestValidation(pl.Callback):
         self.loss: float | None = None
         self.perfect: float | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # (not on_validation_epoch_end: callbacks run before the module logs its epoch metrics)
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
