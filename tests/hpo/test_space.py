@@ -58,7 +58,8 @@ def test_decode_then_encode_gives_the_traits_back(model, dim, lr_exponent, heads
         "pair_features": pairs,
     }
     point = space.decode(traits)
-    assert point["heads"] in (2, 4) and point["batch_size"] == 64
+    assert point["heads"] in (2, 4)
+    assert point["batch_size"] == 64
     assert isinstance(point["pair_features"], bool)
     assert point["lr"] == pytest.approx(10**lr_exponent)
     again = space.encode(point)
@@ -79,7 +80,8 @@ def test_apply_switches_family_and_keeps_shared_arguments(base):
     assert model["class_path"] == MODEL_CLASSES["nri"]
     assert "heads" not in model["init_args"]  # the NRI has none
     assert model["init_args"]["n_classes"] == base["model"]["model"]["init_args"]["n_classes"]
-    assert model["init_args"]["dim"] == 24 and model["init_args"]["depth"] == 2
+    assert model["init_args"]["dim"] == 24
+    assert model["init_args"]["depth"] == 2
     assert config["model"]["lr"] == 0.003
     assert base["model"]["model"]["class_path"] == MODEL_CLASSES["transformer"]  # not mutated
 
@@ -87,8 +89,10 @@ def test_apply_switches_family_and_keeps_shared_arguments(base):
 def test_apply_rounds_transformer_width_to_heads_and_switches_pair_features(base):
     config = apply(base, {"model": "transformer", "dim": 30, "heads": 4, "pair_features": False})
     init_args = config["model"]["model"]["init_args"]
-    assert init_args["dim"] == 32 and init_args["heads"] == 4
-    assert config["model"]["pair_features"] == [] and init_args["n_pair_features"] == 0
+    assert init_args["dim"] == 32
+    assert init_args["heads"] == 4
+    assert config["model"]["pair_features"] == []
+    assert init_args["n_pair_features"] == 0
     config = apply(base, {"pair_features": True, "batch_size": 32})
     assert config["model"]["pair_features"] == ["mass", "angle"]
     assert config["model"]["model"]["init_args"]["n_pair_features"] == 2

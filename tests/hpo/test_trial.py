@@ -21,8 +21,10 @@ def test_trial_config_moves_outputs_into_the_trial_and_sets_the_budget(base, tmp
     budget = Budget(max_epochs=2, max_minutes=1.5, max_train_events=100)
     config = trial_config(base, {"model": "nri", "dim": 16}, tmp_path / "t", budget)
     trainer = config["trainer"]
-    assert trainer["max_epochs"] == 2 and trainer["max_time"] == "00:00:01:30"
-    assert trainer["accelerator"] == "cpu" and trainer["devices"] == 1
+    assert trainer["max_epochs"] == 2
+    assert trainer["max_time"] == "00:00:01:30"
+    assert trainer["accelerator"] == "cpu"
+    assert trainer["devices"] == 1
     assert all(lg["init_args"]["save_dir"] == str(tmp_path / "t") for lg in trainer["logger"])
     paths = [c["init_args"].get("dirpath") for c in trainer["callbacks"] if "init_args" in c]
     assert str(tmp_path / "t" / "checkpoints") in paths
@@ -38,11 +40,15 @@ def test_a_trial_is_a_real_fit_recorded_last(base, tmp_path):
     result = run_trial(
         config, trial_dir, "val_loss", {**RECORD, "trial": "t0", "hyperparameters": point}
     )
-    assert result.status == "ok" and result.error is None
-    assert result.objective == pytest.approx(result.val_loss) and math.isfinite(result.objective)
+    assert result.status == "ok"
+    assert result.error is None
+    assert result.objective == pytest.approx(result.val_loss)
+    assert math.isfinite(result.objective)
     assert 0.0 <= result.val_perfect <= 1.0
-    assert result.epochs == 1 and result.wall_seconds > 0
-    assert result.energy_joules > 0 and result.energy_estimated is True
+    assert result.epochs == 1
+    assert result.wall_seconds > 0
+    assert result.energy_joules > 0
+    assert result.energy_estimated is True
     assert load_result(trial_dir) == result
     saved = yaml.safe_load((trial_dir / "trial.yaml").read_text())
     assert saved["model"]["model"]["init_args"]["dim"] == 16
@@ -60,7 +66,8 @@ def test_a_failing_fit_is_recorded_and_scores_infinity(base, tmp_path):
     result = run_trial(
         config, trial_dir, "1-perfect", {**RECORD, "trial": "t1", "hyperparameters": point}
     )
-    assert result.status == "failed" and math.isinf(result.objective)
+    assert result.status == "failed"
+    assert math.isinf(result.objective)
     assert "learning rate" in result.error
     assert (trial_dir / "error.txt").read_text().startswith("Traceback")
     assert not (trial_dir / "leftover").exists()
