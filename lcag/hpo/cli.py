@@ -14,6 +14,7 @@ import sys
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lcag.cli import quiet_known_warnings
+from lcag.errors import LCAGError
 from lcag.hpo.config import Budget, HPOConfig, SearchSettings
 
 __all__ = ["main", "parser"]
@@ -32,21 +33,29 @@ def parser() -> ArgumentParser:
     return p
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> int:
+    """Parse, run or resume the search; return the exit status."""
     quiet_known_warnings()
     p = parser()
     values = p.parse_args(args).as_dict()
     values.pop("config", None)
-    cfg = HPOConfig(
-        **{k: v for k, v in values.items() if k not in ("budget", "search")},
-        budget=Budget(**values["budget"]),
-        search=SearchSettings(**values["search"]),
-    )
+    try:
+        cfg = HPOConfig(
+            **{k: v for k, v in values.items() if k not in ("budget", "search")},
+            budget=Budget(**values["budget"]),
+            search=SearchSettings(**values["search"]),
+        )
+        from lcag.hpo.search import run_search
 
-    from lcag.hpo.search import run_search
-
-    run_search(cfg)
+        run_search(cfg)
+    except LCAGError as exc:
+        print(f"lcag-hpo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lcag-hpo: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

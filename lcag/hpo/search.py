@@ -142,7 +142,9 @@ def load_base(path: str | Path, data_dir: str | None = None) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"base = {str(path)!r}: no such fit config") from None
+        raise ConfigError(
+            f"base = {str(path)!r}: no such fit config (relative paths start in {Path.cwd()})"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(config, dict) or "model" not in config or "trainer" not in config:
