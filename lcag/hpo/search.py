@@ -261,23 +261,22 @@ def _print_table(results: list[TrialResult], cfg: HPOConfig) -> None:
     from rich.table import Table
 
     table = Table(title=f"lcag-hpo: {len(results)} evaluations, best {cfg.objective} first")
-    shown = ["trial", "objective", *[d for d in PARAMETERS if d in cfg.space], "wall_seconds"]
-    shown.append("energy_joules")
+    shown = ["trial", "objective", *[d for d in PARAMETERS if d in cfg.space]]
+    shown += ["wall_seconds", "energy_joules"]
+    headers = {"wall_seconds": "s", "energy_joules": "J", "weight_decay": "wd"}
+    headers.update(pair_features="pairs", batch_size="batch", objective=cfg.objective)
     for column in shown:
-        table.add_column(column, justify="left" if column == "trial" else "right")
+        justify = "left" if column == "trial" else "right"
+        table.add_column(headers.get(column, column), justify=justify)
     for row in _rows(results)[: cfg.top_n]:
         table.add_row(*(_cell(row.get(c)) for c in shown))
-    console = Console()
-    if not console.is_terminal:  # logs of batch jobs: do not squeeze into 80 columns
-        console.width = 200
-    console.print(table)
+    # Under mpiexec stdout is a pseudo-terminal of 80 columns: do not squeeze the table into it.
+    Console(width=max(Console().width, 150)).print(table)
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        if math.isinf(value):
-            return "inf"
-        return f"{value:.4g}"
+        return "inf" if math.isinf(value) else f"{value:.3g}"
     return "-" if value is None else str(value)
 
 
