@@ -89,7 +89,9 @@ class EnergyLogger(pl.Callback):
         self._monitor.switch(INFERENCE)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit":
+        if trainer.sanity_checking:
+            self._monitor.switch(None)
+        elif trainer.state.fn == "fit":
             self._monitor.switch(TRAIN)
         elif trainer.state.fn == "validate":
             self._finish_stage(trainer, "validate")

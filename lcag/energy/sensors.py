@@ -286,9 +286,7 @@ def node_composition() -> dict[str, Any]:
         "hostname": platform.node(),
         "cpu_model": cpu_model,
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else None,
+        "cpu_cores_usable": usable_cores(),
         "gpus": gpus,
     }
 
@@ -297,7 +295,8 @@ def _has_nvidia_gpu() -> bool:
     return Path("/proc/driver/nvidia").exists()
 
 
-def _usable_cores() -> int | None:
+def usable_cores() -> int | None:
+    """Cores this process may run on (its CPU affinity), or ``None`` where unknown."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from lcag.energy.monitor import EnergyMonitor, energy_summary
+from lcag.energy.sensors import usable_cores
 from lcag.errors import ConfigError, MissingDependencyError
 from lcag.files import atomic_write_json, atomic_write_text
 from lcag.hpo.config import HPOConfig
@@ -295,8 +296,8 @@ def _device_for(local_rank: int, local_size: int) -> tuple[str, Any]:
 
     if torch.cuda.is_available():
         return ("gpu", [local_rank % torch.cuda.device_count()])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // local_size))
+    cores = usable_cores() or os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // local_size))
     return ("cpu", 1)
 
 

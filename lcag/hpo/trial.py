@@ -178,16 +178,7 @@ def load_result(trial_dir: Path) -> TrialResult | None:
 def _fit(config_path: Path) -> dict[str, Any]:
     """Run ``lcag fit --config config_path`` in this process; return its best metrics."""
     best = _BestValidation()
-    with warnings.catch_warnings():  # lcag-hpo's own sys.argv is not meant for the fit
-        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
-        quiet_known_warnings()
-        cli = LCAGCLI(
-            LCAGModule,
-            LCAGDataModule,
-            args=["--config", str(config_path)],
-            run=False,
-            save_config_callback=None,
-        )
+    cli = _fit_cli(config_path)
     trainer = cli.trainer
     trainer.callbacks.append(best)
     trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -204,6 +195,20 @@ def _fit(config_path: Path) -> dict[str, Any]:
         "energy_joules": joules,
         "energy_estimated": estimated,
     }
+
+
+def _fit_cli(config_path: Path) -> LCAGCLI:
+    """The model, data and trainer of ``lcag fit --config config_path``, not yet fitted."""
+    with warnings.catch_warnings():  # the calling program's sys.argv is not meant for the fit
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
+        quiet_known_warnings()
+        return LCAGCLI(
+            LCAGModule,
+            LCAGDataModule,
+            args=["--config", str(config_path)],
+            run=False,
+            save_config_callback=None,
+        )
 
 
 class _BestValidation(pl.Callback):

@@ -14,8 +14,11 @@ from lcag.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
+NODE_MAY_HAVE_SENSORS = Path("/sys/class/powercap").exists() or Path("/proc/driver/nvidia").exists()
+
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.skipif(NODE_MAY_HAVE_SENSORS, reason="this node may measure instead of estimate"),
     # third-party: Lightning's CLI calls jsonargparse 4.x APIs deprecated for 5.0
     pytest.mark.filterwarnings(
         r"ignore:(?s).*was deprecated in v4\.\d+\.\d+ and will be removed in v5:DeprecationWarning"
@@ -29,7 +32,7 @@ def write_config(tmp_path: Path, data_dir: Path, energy_logger: bool = True, **t
     """configs/fit/tiny_transformer.yaml made small, logging under tmp_path/runs."""
     config = yaml.safe_load((ROOT / "configs" / "fit" / "tiny_transformer.yaml").read_text())
     run = tmp_path / "runs"
-    config["data"].update(data_dir=str(data_dir), max_train_events=256, max_eval_events=128)
+    config["data"].update(data_dir=str(data_dir), max_train_events=256, max_eval_events=64)
     config["model"]["model"]["init_args"].update(dim=16, depth=1, heads=2)
     config["trainer"].update(
         {"max_epochs": 2, "log_every_n_steps": 1, "enable_progress_bar": False, **trainer}
@@ -57,9 +60,13 @@ def lcag(monkeypatch):
     return main
 
 
-def csv_columns(path: Path) -> set[str]:
+def csv_column_values(path: Path) -> dict[str, list[float]]:
+    """The non-empty values of every column of a CSVLogger's metrics.csv, in row order."""
     with path.open() as handle:
-        return set(next(csv.reader(handle)))
+        rows = list(csv.DictReader(handle))
+    return {
+        name: [float(row[name]) for row in rows if row[name] not in ("", None)] for name in rows[0]
+    }
 
 
 def test_fit_then_test_write_both_stages_to_energy_json(lcag, tiny_data, tmp_path):
@@ -80,12 +87,18 @@ def test_fit_then_test_write_both_stages_to_energy_json(lcag, tiny_data, tmp_pat
     train, inference = fit["phases"]["train"], fit["phases"]["inference"]
     assert train["joules"] == pytest.approx(sum(e["train_joules"] for e in fit["epochs"]), abs=0.1)
     assert inference["joules"] >= sum(e["inference_joules"] for e in fit["epochs"]) - 0.01
-    assert train["watts"] == pytest.approx(train["joules"] / train["seconds"], rel=0.01)
+    assert train["watts"] == pytest.approx(train["joules"] / train["seconds"], rel=0.02)
     assert fit["total"]["joules"] >= train["joules"] + inference["joules"] - 0.01
     assert fit["world_size"] == 1
-    columns = csv_columns(log_dir / "metrics.csv")
-    assert {"energy/train_J", "energy/train_W", "energy/val_J", "energy/val_W"} <= columns
-    assert {"energy/fit_train_J", "energy/fit_inference_J"} <= columns
+    logged = csv_column_values(log_dir / "metrics.csv")
+    assert {"energy/train_J", "energy/train_W", "energy/val_J", "energy/val_W"} <= set(logged)
+    # logged per epoch as float32 tensors; the JSON rounds to mJ
+    epochs_train = [e["train_joules"] for e in fit["epochs"]]
+    epochs_val = [e["inference_joules"] for e in fit["epochs"]]
+    assert logged["energy/train_J"] == pytest.approx(epochs_train, rel=1e-4, abs=1e-3)
+    assert logged["energy/val_J"] == pytest.approx(epochs_val, rel=1e-4, abs=1e-3)
+    assert logged["energy/fit_train_J"] == [train["joules"]]
+    assert logged["energy/fit_inference_J"] == [inference["joules"]]
 
     checkpoint = tmp_path / "runs" / "checkpoints" / "best.ckpt"
     lcag(["test", "--config", str(config), "--ckpt_path", str(checkpoint)])

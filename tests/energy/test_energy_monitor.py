@@ -45,7 +45,7 @@ class Ticking(CounterSensor):
 def test_phases_get_the_recorded_deltas():
     # reads: start, enter train, leave train, enter inference, leave inference, stop
     gpu = Recorded("gpu", [1_000, 1_500, 9_500, 9_600, 12_600, 12_800])
-    cpu = Recorded("cpu", [100, 100, 4_100, 4_100, 5_100, 5_100], wrap=5_000)
+    cpu = Recorded("cpu", [100, 100, 4_100, 4_100, 600, 600], wrap=5_000)  # wraps
     monitor = EnergyMonitor(sensors=[gpu, cpu], poll_seconds=0)
     with monitor:
         with monitor.phase("train"):
@@ -56,7 +56,7 @@ def test_phases_get_the_recorded_deltas():
     totals = monitor.totals()
     assert set(totals) == {"train", "inference", "other"}
     assert totals["train"]["joules"] == pytest.approx(8.0 + 4.0)
-    assert totals["inference"]["joules"] == pytest.approx(3.0 + 1.0)
+    assert totals["inference"]["joules"] == pytest.approx(3.0 + 1.5)
     assert totals["other"]["joules"] == pytest.approx(0.5 + 0.1 + 0.2)
     assert totals["train"]["seconds"] >= 0.02
     assert gpu.reads == cpu.reads == 6
@@ -139,19 +139,21 @@ def test_write_json_writes_the_report_atomically(tmp_path):
 
 def test_the_poller_keeps_reading_without_phase_changes():
     sensor = Ticking()
+    others = set(threading.enumerate())
     monitor = EnergyMonitor(sensors=[sensor], poll_seconds=0.05).start()
+    [poller] = [t for t in threading.enumerate() if t not in others]
+    assert poller.name == "lcag-energy"
     monitor.switch("train")
     time.sleep(0.4)
-    polled = sensor.reads
-    assert polled >= 4  # start, switch, and background reads
-    assert any(t.name == "lcag-energy" for t in threading.enumerate())
+    assert sensor.reads >= 5  # start, switch, and background reads
+    assert monitor.totals()["train"]["joules"] >= 3.0
     monitor.stop()
-    assert not any(t.name == "lcag-energy" for t in threading.enumerate())
+    assert not poller.is_alive()
     stopped = sensor.reads
     time.sleep(0.15)
     assert sensor.reads == stopped
     assert monitor.totals()["train"]["joules"] == pytest.approx(stopped - 2)
-    assert monitor.totals()["train"]["seconds"] == pytest.approx(0.4, abs=0.2)
+    assert 0.4 <= monitor.totals()["train"]["seconds"] < 2.0
 
 
 def test_a_monitor_restarts_after_stop_from_a_new_origin():
