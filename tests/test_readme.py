@@ -26,3 +26,13 @@ def test_readme_analysis_example_runs(checkpoint, tiny_data, capsys):
     out = capsys.readouterr().out
     assert out.count("log-probability") == 5
     assert "|--" in out
+
+
+def test_readme_hpo_example_is_the_tiny_config():
+    import yaml
+
+    (block,) = re.findall(r"```yaml\n(base: .*?)```", README.read_text(), flags=re.DOTALL)
+    shown = yaml.safe_load(block)
+    config = yaml.safe_load((README.parent / "configs" / "hpo" / "tiny.yaml").read_text())
+    for key, value in shown.items():
+        assert config[key] == value, key
