@@ -27,7 +27,7 @@ from lcag.energy.monitor import (
     PhaseTotals,
     energy_summary,
 )
-from lcag.energy.sensors import DEFAULT_WATTS_PER_CORE
+from lcag.energy.sensors import DEFAULT_WATTS_PER_CORE, nvml_indices
 from lcag.files import atomic_write_json
 
 __all__ = ["EnergyLogger"]
@@ -65,18 +65,27 @@ class EnergyLogger(pl.Callback):
             # One process: read its own GPU only (HPO ranks share a node, one GPU each).
             # Several: local rank 0 reads the node's sensors, the others add nothing to them.
             device = trainer.strategy.root_device
-            own_gpu = [device.index or 0] if device.type == "cuda" else None
+            on_gpu = device.type == "cuda"
+            own = [device.index or 0] if on_gpu and trainer.world_size == 1 else None
             self.monitor = EnergyMonitor(
                 watts_per_core=self.watts_per_core,
                 poll_seconds=self.poll_seconds,
                 node_sensors=trainer.local_rank == 0,
-                gpu_indices=own_gpu if trainer.world_size == 1 else None,
+                gpu_indices=nvml_indices(own) if on_gpu else None,
+                use_gpu=on_gpu,
             )
         self.monitor.start()
         self._stage_start = self.monitor.totals()
         self.epochs = []
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning skips teardown when a run raises: stop the polling thread here.
         if self.monitor is not None:
             self.monitor.stop()
 
@@ -142,7 +151,8 @@ class EnergyLogger(pl.Callback):
         self._monitor.switch(None)
         own = _difference(self._monitor.totals(), self._stage_start)
         phases = (TRAIN, INFERENCE, OTHER)  # the same list on every rank: a collective follows
-        joules = _sum_over_ranks(trainer, [_get(own, p) for p in phases])
+        flag = float(self._monitor.estimated)
+        *joules, estimated_ranks = _sum_over_ranks(trainer, [*(_get(own, p) for p in phases), flag])
         totals = {
             p: {"joules": j, "seconds": _get(own, p, "seconds")}
             for p, j in zip(phases, joules, strict=True)
@@ -163,8 +173,10 @@ class EnergyLogger(pl.Callback):
         stage_report: dict[str, Any] = {**summary, "world_size": trainer.world_size}
         if stage == "fit":
             stage_report["epochs"] = self.epochs
-        report = _read_previous(path)
+        # A new fit starts a new record; validate/test/predict add to the fit's.
+        report = {} if stage == "fit" else _read_previous(path)
         report.update(self._monitor.describe())
+        report["estimated"] = estimated_ranks > 0  # on any rank
         report.setdefault("stages", {})[stage] = stage_report
         atomic_write_json(path, report)
         self.report_path = path

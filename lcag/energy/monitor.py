@@ -50,7 +50,8 @@ class EnergyMonitor:
         node_sensors: read node-wide sensors (RAPL, all GPUs). In a multi-process run only one
             process per node should (``local_rank == 0``); the others then count only their own
             estimated CPU time when the node has no sensors, and nothing when it has.
-        gpu_indices: NVML indices of the GPUs to read (``None``: all).
+        gpu_indices: NVML indices (or UUIDs) of the GPUs to read (``None``: all).
+        use_gpu: read GPU sensors at all (``False`` for a CPU run on a node with GPUs).
         rapl_root: where the powercap tree lives (tests point it at a recorded copy).
     """
 
@@ -60,11 +61,12 @@ class EnergyMonitor:
         watts_per_core: float = DEFAULT_WATTS_PER_CORE,
         poll_seconds: float = 10.0,
         node_sensors: bool = True,
-        gpu_indices: Sequence[int] | None = None,
+        gpu_indices: Sequence[int | str] | None = None,
         rapl_root: str | Path = RAPL_ROOT,
+        use_gpu: bool = True,
     ) -> None:
         if sensors is None:
-            found, reasons = detect_sensors(watts_per_core, gpu_indices, rapl_root)
+            found, reasons = detect_sensors(watts_per_core, gpu_indices, rapl_root, use_gpu)
             if not node_sensors and not any(s.estimated for s in found):
                 found = []  # another process on this node reads the node-wide counters
             sensors, self.unavailable = found, reasons

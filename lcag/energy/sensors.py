@@ -37,6 +37,8 @@ __all__ = [
     "SensorUnavailableError",
     "detect_sensors",
     "node_composition",
+    "nvml_indices",
+    "usable_cores",
 ]
 
 RAPL_ROOT = Path("/sys/class/powercap")
@@ -162,14 +164,14 @@ class NvmlSensor(CounterSensor):
     """GPU energy from NVML's total-energy counter (Volta and newer), one counter per GPU.
 
     Args:
-        indices: which GPUs (NVML indices); ``None`` for all.
+        indices: which GPUs: NVML indices or UUIDs (see :func:`nvml_indices`); ``None``: all.
         nvml: the NVML binding module (``pynvml`` from ``nvidia-ml-py`` by default).
 
     Raises:
         SensorUnavailableError: no NVML library, no driver, no GPU, or no energy counter.
     """
 
-    def __init__(self, indices: Sequence[int] | None = None, nvml: Any = None) -> None:
+    def __init__(self, indices: Sequence[int | str] | None = None, nvml: Any = None) -> None:
         super().__init__()
         self.name = "nvml"
         if nvml is None:
@@ -189,13 +191,21 @@ class NvmlSensor(CounterSensor):
             raise SensorUnavailableError("no GPU energy: NVML sees no GPU")
         self._handles = []
         for index in range(count) if indices is None else indices:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            gpu_name = nvml.nvmlDeviceGetName(handle)
+            try:
+                if isinstance(index, str):  # a UUID from CUDA_VISIBLE_DEVICES
+                    handle = nvml.nvmlDeviceGetHandleByUUID(index)
+                else:
+                    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                gpu_name = nvml.nvmlDeviceGetName(handle)
+            except Exception as err:  # NVMLError: no such GPU
+                raise SensorUnavailableError(
+                    f"no GPU energy: NVML cannot open GPU {index} ({err})"
+                ) from None
             if isinstance(gpu_name, bytes):
                 gpu_name = gpu_name.decode()
             try:
                 nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-            except Exception as err:
+            except Exception as err:  # pre-Volta GPUs have no energy counter
                 raise SensorUnavailableError(
                     f"no GPU energy: GPU {index} ({gpu_name}) has no energy counter ({err})"
                 ) from None
@@ -235,9 +245,30 @@ class CpuTimeEstimate(CounterSensor):
         return {**super().describe(), "watts_per_core": self.watts_per_core}
 
 
+def nvml_indices(cuda_indices: Sequence[int] | None) -> list[int | str] | None:
+    """NVML's names for CUDA devices: CUDA numbers only the GPUs in ``CUDA_VISIBLE_DEVICES``
+    (set by Slurm and by shared nodes), NVML numbers all of the node's.
+
+    Args:
+        cuda_indices: CUDA device indices; ``None``: every GPU this process may use.
+
+    Returns:
+        NVML indices (or ``GPU-...`` UUIDs where the variable lists UUIDs); ``None`` for all.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None if cuda_indices is None else list(cuda_indices)
+    entries: list[int | str] = [
+        int(e) if e.strip().isdigit() else e.strip() for e in visible.split(",") if e.strip()
+    ]
+    if cuda_indices is None:
+        return entries
+    return [entries[i] for i in cuda_indices]
+
+
 def detect_sensors(
     watts_per_core: float = DEFAULT_WATTS_PER_CORE,
-    gpu_indices: Sequence[int] | None = None,
+    gpu_indices: Sequence[int | str] | None = None,
     rapl_root: str | Path = RAPL_ROOT,
     use_gpu: bool = True,
 ) -> tuple[list[CounterSensor], list[str]]:

@@ -47,13 +47,19 @@ def main(args: list[str] | None = None) -> int:
         )
         from lcag.hpo.search import run_search
 
-        run_search(cfg)
+        results = run_search(cfg)
     except LCAGError as exc:
         print(f"lcag-hpo: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C during a fit into exit(1)
         print("lcag-hpo: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    if results and not any(r.status == "ok" for r in results):
+        print(
+            f"lcag-hpo: every evaluation failed; see {cfg.out_dir}/trials/*/error.txt",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

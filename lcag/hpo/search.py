@@ -20,12 +20,17 @@ individual of some worker (``max()`` of an empty list). Resume with the same num
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
 import random
 import shutil
+import sys
+import traceback
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,7 @@ import yaml
 
 from lcag.energy.monitor import EnergyMonitor, energy_summary
 from lcag.energy.sensors import usable_cores
-from lcag.errors import ConfigError, MissingDependencyError
+from lcag.errors import ConfigError, LCAGError, MissingDependencyError
 from lcag.files import atomic_write_json, atomic_write_text
 from lcag.hpo.config import HPOConfig
 from lcag.hpo.space import PARAMETERS, SearchSpace, apply
@@ -46,34 +51,48 @@ log = logging.getLogger("lcag.hpo")
 
 
 def run_search(cfg: HPOConfig) -> list[TrialResult]:
-    """Run (or resume) the search on every MPI rank; rank 0 returns all results, others ``[]``."""
+    """Run (or resume) the search on every MPI rank; rank 0 returns all results, others ``[]``.
+
+    Raises:
+        ConfigError: bad settings, or ``out_dir`` holds a search with other settings.
+        DatasetError: the data cannot be read (on one rank; with several, all are aborted).
+    """
     MPI, propulate = _require_mpi()
+    from lightning.pytorch.utilities import rank_zero_only
+
+    rank_zero_only.rank = 0  # each trial is a one-process fit, whatever SLURM_PROCID says
     comm = MPI.COMM_WORLD
     base = load_base(cfg.base, cfg.data_dir)
-    space = SearchSpace(cfg.space, source=f"{cfg.base} space")
+    space = SearchSpace(cfg.space, source="space")
     _check_settings(cfg, comm.size)
     out = Path(cfg.out_dir)
+    problem = None
+    if comm.rank == 0:
+        try:
+            _claim_out_dir(out, cfg, comm.size)
+        except ConfigError as err:
+            problem = str(err)
+    problem = comm.bcast(problem, root=0)
+    if problem is not None:
+        raise ConfigError(problem)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     device = _device_for(local.rank, local.size)
-    if comm.rank == 0:
-        (out / "trials").mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out / "propulate", ignore_errors=True)  # see the module docstring
-    comm.barrier()
     propulate.set_logger_config(
         level=logging.INFO, log_file=out / "propulate.log", log_to_stdout=False, colors=False
     )
     replayed = []
 
-    def loss_fn(individual: Any) -> float:
+    def evaluate(individual: Any) -> float:
         name = trial_name(individual.island, individual.rank, individual.generation)
         trial_dir = out / "trials" / name
         done = load_result(trial_dir)
-        if done is not None:  # finished before an interruption: replay, do not refit
+        if done is not None and space.contains(done.hyperparameters):
+            # finished before an interruption: replay, do not refit
             _set_traits(individual, space.encode(done.hyperparameters))
             replayed.append(name)
             return done.objective
         point = space.decode(individual)
-        config = trial_config(base, point, trial_dir, cfg.budget, device)
+        config = trial_config(base, point, trial_dir, cfg.budget, device, cfg.watts_per_core)
         config["seed_everything"] = cfg.search.seed
         record = {
             "trial": name,
@@ -90,6 +109,19 @@ def run_search(cfg: HPOConfig) -> list[TrialResult]:
             flush=True,
         )
         return result.objective
+
+    def loss_fn(individual: Any) -> float:
+        try:
+            return evaluate(individual)
+        except Exception as err:
+            if comm.size == 1:
+                raise
+            # Propulate's other ranks would wait for this one for ever: stop them all.
+            print(f"lcag-hpo: error on rank {comm.rank}: {err}", file=sys.stderr, flush=True)
+            if not isinstance(err, (LCAGError, FileNotFoundError)):
+                traceback.print_exc()
+            comm.Abort(2)
+            raise
 
     rng = random.Random(cfg.search.seed + comm.rank)
     propagator = propulate.utils.get_default_propagator(
@@ -116,12 +148,13 @@ def run_search(cfg: HPOConfig) -> list[TrialResult]:
     if replayed:
         print(f"[rank {comm.rank}] resumed: replayed {len(replayed)} finished evaluations")
     joules = comm.allreduce(monitor.totals().get("search", {}).get("joules", 0.0))
+    estimated = comm.allreduce(int(monitor.estimated), op=MPI.MAX)
     comm.barrier()
     if comm.rank != 0:
         return []
     results = collect_results(out)
     _write_table(out, results)
-    _write_search_energy(out, monitor, joules, comm.size, results)
+    _write_search_energy(out, monitor, joules, bool(estimated), comm.size, results)
     best = _best(results)
     if best is not None:
         path = Path(cfg.best_config) if cfg.best_config else out / "best.yaml"
@@ -130,6 +163,55 @@ def run_search(cfg: HPOConfig) -> list[TrialResult]:
         print(f"best: {best.trial} {cfg.objective} = {best.objective:.4f} -> {path}")
     _print_table(results, cfg)
     return results
+
+
+SETTINGS = "search.json"
+CHANGEABLE = ("search.evaluations_per_worker", "best_config", "top_n")
+"""Settings a resumed search may change (raising evaluations_per_worker extends it)."""
+
+
+def search_settings(cfg: HPOConfig, ranks: int) -> dict[str, Any]:
+    """What must stay the same for a search to resume: the settings (flattened), the base
+    config's content, the number of ranks."""
+    flat = _flatten(asdict(cfg))
+    for key in CHANGEABLE:
+        flat.pop(key, None)
+    flat["base_sha256"] = hashlib.sha256(Path(cfg.base).read_bytes()).hexdigest()
+    flat["ranks"] = ranks
+    return flat
+
+
+def _claim_out_dir(out: Path, cfg: HPOConfig, ranks: int) -> None:
+    """Record the settings in ``out/search.json``, or check that they are those recorded."""
+    wanted = search_settings(cfg, ranks)
+    path = out / SETTINGS
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text())
+        except ValueError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err}); move it aside") from None
+        changed = sorted(k for k in set(wanted) | set(recorded) if wanted.get(k) != recorded.get(k))
+        if changed:
+            details = "; ".join(
+                f"{k}: was {recorded.get(k)!r}, now {wanted.get(k)!r}" for k in changed
+            )
+            raise ConfigError(
+                f"out_dir {str(out)!r} holds a search with other settings ({details}). "
+                "Resume with the same settings, or give a new --out_dir"
+            )
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, wanted)
+    shutil.rmtree(out / "propulate", ignore_errors=True)  # see the module docstring
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    one_hyperparameter = prefix.startswith("space.") and prefix.count(".") == 2
+    if isinstance(value, dict) and not one_hyperparameter:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
 
 
 def trial_name(island: int, rank: int, generation: int) -> str:
@@ -240,7 +322,12 @@ def _write_table(out: Path, results: list[TrialResult]) -> None:
 
 
 def _write_search_energy(
-    out: Path, monitor: EnergyMonitor, joules: float, ranks: int, results: list[TrialResult]
+    out: Path,
+    monitor: EnergyMonitor,
+    joules: float,
+    estimated: bool,
+    ranks: int,
+    results: list[TrialResult],
 ) -> None:
     seconds = monitor.totals().get("search", {}).get("seconds", 0.0)
     summary = energy_summary({"search": {"joules": joules, "seconds": seconds}})
@@ -249,9 +336,11 @@ def _write_search_energy(
         out / "energy.json",
         {
             **monitor.describe(),
+            "estimated": estimated,  # on any rank
             "ranks": ranks,
             "stages": {"search": {**summary, "world_size": ranks}},
-            "trials_joules": round(sum(trials), 3),
+            # per-trial figures added up; node-wide RAPL counters make concurrent trials overlap
+            "sum_of_trials_joules": round(sum(trials), 3),
             "trials": len(results),
         },
     )
@@ -311,12 +400,29 @@ def _check_settings(cfg: HPOConfig, ranks: int) -> None:
         raise ConfigError(
             f"search.islands = {s.islands}: between 1 and the number of MPI ranks ({ranks})"
         )
-    for name in ("migration_probability", "crossover_probability", "mutation_probability"):
+    probabilities = (
+        "migration_probability",
+        "crossover_probability",
+        "mutation_probability",
+        "random_init_probability",
+    )
+    for name in probabilities:
         value = getattr(s, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"search.{name} = {value}: must lie in [0, 1]")
-    if cfg.budget.max_epochs < 1:
-        raise ConfigError(f"budget.max_epochs = {cfg.budget.max_epochs}: must be >= 1")
+    b = cfg.budget
+    if b.max_epochs < 1:
+        raise ConfigError(f"budget.max_epochs = {b.max_epochs}: must be >= 1")
+    if b.max_minutes is not None and not b.max_minutes > 0:
+        raise ConfigError(f"budget.max_minutes = {b.max_minutes}: must be positive (or null)")
+    for name in ("max_train_events", "max_eval_events"):
+        value = getattr(b, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"budget.{name} = {value}: must be >= 1 (or null)")
+    if not cfg.watts_per_core > 0:
+        raise ConfigError(f"watts_per_core = {cfg.watts_per_core}: must be positive")
+    if cfg.top_n < 0:
+        raise ConfigError(f"top_n = {cfg.top_n}: must be >= 0")
 
 
 def _require_mpi() -> tuple[Any, Any]:

@@ -38,6 +38,18 @@ PARAMETERS = {
     "batch_size": "training batch size",
     "pair_features": "pair features (invariant mass, opening angle) on or off",
 }
+KINDS: dict[str, type] = {
+    "model": str,
+    "dim": int,
+    "depth": int,
+    "heads": int,
+    "lr": float,
+    "weight_decay": float,
+    "dropout": float,
+    "batch_size": int,
+    "pair_features": bool,
+}
+"""The type of each hyperparameter: ranges of ``int`` ones give integers (also on a log scale)."""
 DEFAULT_PAIR_FEATURES = ["mass", "angle"]
 
 
@@ -49,7 +61,7 @@ class Dimension:
         name: a key of :data:`PARAMETERS`.
         choices: the values of a categorical dimension (any YAML scalars), else ``None``.
         low, high: the bounds of a range.
-        log: search ``log10`` of the value (ranges of positive floats).
+        log: search ``log10`` of the value (ranges of positive numbers).
     """
 
     name: str
@@ -71,13 +83,18 @@ class Dimension:
             return (math.log10(self.low), math.log10(self.high))
         return (self.low, self.high)
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a point of this dimension (a recorded trial still in the space)."""
+        if self.choices is not None:
+            return _token(value) in {_token(c) for c in self.choices}
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
     def decode(self, raw: Any) -> Any:
         """Propulate's trait value -> the hyperparameter's value."""
         if self.choices is not None:
             return {_token(c): c for c in self.choices}[raw]
-        if self.log:
-            return float(10.0**raw)
-        return int(raw) if isinstance(self.low, int) else float(raw)
+        value = 10.0**raw if self.log else raw
+        return round(value) if KINDS[self.name] is int else float(value)
 
     def encode(self, value: Any) -> Any:
         """The hyperparameter's value -> Propulate's trait value (inverse of :meth:`decode`)."""
@@ -85,7 +102,7 @@ class Dimension:
             return _token(value)
         if self.log:
             return float(math.log10(value))
-        return int(value) if isinstance(self.low, int) else float(value)
+        return int(value) if KINDS[self.name] is int else float(value)
 
 
 class SearchSpace:
@@ -124,6 +141,12 @@ class SearchSpace:
         """A Propulate individual's traits -> every hyperparameter (searched and fixed)."""
         point = {d.name: d.decode(traits[d.trait]) for d in self.dimensions}
         return {**self.fixed, **point}
+
+    def contains(self, point: Mapping[str, Any]) -> bool:
+        """Whether recorded hyperparameters lie in this space (searched and fixed alike)."""
+        return all(d.name in point and d.contains(point[d.name]) for d in self.dimensions) and all(
+            point.get(k) == v for k, v in self.fixed.items()
+        )
 
     def encode(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """Hyperparameters (as recorded) -> a Propulate individual's traits."""
@@ -183,20 +206,30 @@ def _dimension(name: str, entry: Mapping[str, Any], where: str) -> Dimension:
             raise ConfigError(f"{where}.choices = {choices!r}: each one of {list(MODEL_CLASSES)}")
         if len({_token(c) for c in choices}) != len(choices):
             raise ConfigError(f"{where}.choices = {choices!r}: repeated value")
+        kind = KINDS[name]
+        if any(type(c) is not kind for c in choices):
+            raise ConfigError(f"{where}.choices = {choices!r}: {name} takes {kind.__name__} values")
         return Dimension(name, choices=tuple(choices))
     low, high, log = entry.get("low"), entry.get("high"), bool(entry.get("log", False))
+    kind = KINDS[name]
+    if kind not in (int, float):
+        raise ConfigError(f"{where}: {name} takes choices, not a low/high range")
     numbers = (int, float)
-    if not isinstance(low, numbers) or not isinstance(high, numbers) or isinstance(low, bool):
+    if any(not isinstance(v, numbers) or isinstance(v, bool) for v in (low, high)):
         raise ConfigError(f"{where}: low and high must be numbers (got {low!r}, {high!r})")
     if not low < high:
         raise ConfigError(f"{where}: low = {low!r} must be below high = {high!r}")
-    if isinstance(low, int) != isinstance(high, int):
-        low, high = float(low), float(high)  # mixed: a float range
+    if kind is int:
+        if low != int(low) or high != int(high):
+            raise ConfigError(f"{where}: {name} is an integer; low and high must be too")
+        low, high = int(low), int(high)
+    else:
+        low, high = float(low), float(high)
     if log:
         if low <= 0:
             raise ConfigError(f"{where}: log = true needs low > 0 (got {low!r})")
-        low, high = float(low), float(high)
-    return Dimension(name, low=low, high=high, log=log)
+        return Dimension(name, low=low, high=high, log=True)
+    return Dimension(name, low=low, high=high)
 
 
 def _token(value: Any) -> str:

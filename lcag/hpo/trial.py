@@ -29,7 +29,8 @@ import yaml
 from lcag.cli import LCAGCLI, quiet_known_warnings
 from lcag.data import LCAGDataModule
 from lcag.energy.callback import EnergyLogger
-from lcag.errors import ConfigError
+from lcag.energy.sensors import DEFAULT_WATTS_PER_CORE
+from lcag.errors import ConfigError, DatasetError
 from lcag.files import atomic_write_json, atomic_write_text
 from lcag.hpo.config import Budget
 from lcag.hpo.space import apply
@@ -40,6 +41,7 @@ __all__ = ["OBJECTIVES", "TrialResult", "load_result", "run_trial", "trial_confi
 Objective = Literal["val_loss", "1-perfect"]
 OBJECTIVES = ("val_loss", "1-perfect")
 RESULT = "result.json"
+_LOCAL_ENVIRONMENT = "lightning.fabric.plugins.environments.LightningEnvironment"
 CONFIG = "trial.yaml"
 
 
@@ -65,7 +67,18 @@ class TrialResult:
     finished_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: a failed trial's infinite objective becomes ``null`` (valid JSON)."""
+        payload = asdict(self)
+        if not math.isfinite(payload["objective"]):
+            payload["objective"] = None
+        return payload
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> TrialResult:
+        values = dict(payload)
+        if values.get("objective") is None:
+            values["objective"] = math.inf
+        return cls(**values)
 
 
 def trial_config(
@@ -74,9 +87,15 @@ def trial_config(
     trial_dir: Path,
     budget: Budget,
     device: tuple[str, list[int] | int] = ("cpu", 1),
+    watts_per_core: float = DEFAULT_WATTS_PER_CORE,
 ) -> dict[str, Any]:
     """The fit config of one trial: ``base`` with ``point`` applied, the budget, the device,
-    and every output (loggers, checkpoints) moved into ``trial_dir``."""
+    and every output (loggers, checkpoints, energy) moved into ``trial_dir``.
+
+    Raises:
+        ConfigError: the base config has a logger other than TensorBoard or CSV (a trial
+            cannot give it a run of its own).
+    """
     config = apply(base, point)
     trainer = config.setdefault("trainer", {})
     trainer["max_epochs"] = budget.max_epochs
@@ -87,26 +106,33 @@ def trial_config(
     trainer.update(accelerator=accelerator, devices=devices, num_nodes=1)
     if trainer.get("strategy") not in (None, "auto"):
         trainer["strategy"] = "auto"  # one device per trial
+    # One process per trial, whatever the launcher (srun, mpiexec) says about ranks.
+    trainer["plugins"] = [{"class_path": _LOCAL_ENVIRONMENT}]
     if accelerator == "cpu" and str(trainer.get("precision", "32")).startswith("16"):
         trainer["precision"] = "32-true"
     trainer["enable_progress_bar"] = False
     trainer["enable_model_summary"] = False
     for logger in _as_list(trainer.get("logger")):
-        if isinstance(logger, dict):  # <trial>/tensorboard/, <trial>/csv/metrics.csv
-            kind = logger.get("class_path", "logs").rsplit(".", 1)[-1].removesuffix("Logger")
-            logger.setdefault("init_args", {}).update(
-                save_dir=str(trial_dir), name="", version=kind.lower()
+        class_path = logger.get("class_path", "") if isinstance(logger, dict) else str(logger)
+        kind = class_path.rsplit(".", 1)[-1]
+        if kind not in ("TensorBoardLogger", "CSVLogger"):
+            raise ConfigError(
+                f"trainer.logger {class_path!r}: lcag-hpo trials support TensorBoardLogger and "
+                "CSVLogger only; remove it from the base config"
             )
+        logger.setdefault("init_args", {}).update(  # <trial>/tensorboard/, <trial>/csv/
+            save_dir=str(trial_dir), name="", version=kind.removesuffix("Logger").lower()
+        )
     callbacks = []
     for callback in _as_list(trainer.get("callbacks")):
         class_path = callback.get("class_path", "") if isinstance(callback, dict) else ""
-        if class_path.endswith(("ProgressBar", "RichModelSummary")):
+        if class_path.endswith(("ProgressBar", "RichModelSummary", "EnergyLogger")):
             continue
         if class_path.endswith("ModelCheckpoint"):
             callback.setdefault("init_args", {})["dirpath"] = str(trial_dir / "checkpoints")
-        if class_path.endswith("EnergyLogger"):
-            callback.setdefault("init_args", {})["path"] = str(trial_dir / "energy.json")
         callbacks.append(callback)
+    energy = {"path": str(trial_dir / "energy.json"), "watts_per_core": watts_per_core}
+    callbacks.append({"class_path": "lcag.energy.EnergyLogger", "init_args": energy})
     trainer["callbacks"] = callbacks
     trainer["default_root_dir"] = str(trial_dir)
     data = config.setdefault("data", {})
@@ -126,8 +152,13 @@ def run_trial(
     """Fit ``config`` in this process and write ``result.json`` into ``trial_dir``.
 
     ``record`` holds the trial's identity (``trial``, ``island``, ``rank``, ``generation``,
-    ``hyperparameters``, ``device``). A fit that raises (diverges, bad combination) is recorded
-    as ``failed`` with the error and scores ``inf``; the search goes on.
+    ``hyperparameters``, ``device``). A fit that fails (diverges, an impossible combination,
+    no validation within the budget) is recorded as ``failed`` with the error and scores
+    ``inf``; the search goes on.
+
+    Raises:
+        DatasetError, FileNotFoundError: the data cannot be read. Every trial would fail the
+            same way, so the search stops instead of recording it.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective = {objective!r}: one of {list(OBJECTIVES)}")
@@ -140,6 +171,14 @@ def run_trial(
     start = time.perf_counter()
     try:
         metrics = _fit(config_path)
+        value = metrics["val_loss"] if objective == "val_loss" else metrics["val_perfect"]
+        if value is None:
+            raise TrialFailedError("no validation epoch finished within the budget")
+        value = value if objective == "val_loss" else 1.0 - value
+        if not math.isfinite(value):
+            raise TrialFailedError(f"{objective} is not finite ({value})")
+    except (DatasetError, FileNotFoundError):
+        raise
     except Exception as err:  # a failed trial must not end the search
         result = TrialResult(
             **record,
@@ -150,13 +189,10 @@ def run_trial(
         )
         (trial_dir / "error.txt").write_text(traceback.format_exc())
     else:
-        value = metrics["val_loss"] if objective == "val_loss" else 1.0 - metrics["val_perfect"]
-        finite = value is not None and math.isfinite(value)
         result = TrialResult(
             **record,
-            objective=float(value) if finite else math.inf,
-            status="ok" if finite else "failed",
-            error=None if finite else f"{objective} is not finite ({value})",
+            objective=float(value),
+            status="ok",
             wall_seconds=time.perf_counter() - start,
             **metrics,
         )
@@ -172,13 +208,19 @@ def load_result(trial_dir: Path) -> TrialResult | None:
         return None
     except ValueError as err:
         raise ConfigError(f"{trial_dir / RESULT}: not valid JSON ({err})") from None
-    return TrialResult(**payload)
+    try:
+        return TrialResult.from_dict(payload)
+    except TypeError as err:
+        raise ConfigError(f"{trial_dir / RESULT}: not a trial record ({err})") from None
 
 
 def _fit(config_path: Path) -> dict[str, Any]:
     """Run ``lcag fit --config config_path`` in this process; return its best metrics."""
     best = _BestValidation()
-    cli = _fit_cli(config_path)
+    try:
+        cli = _fit_cli(config_path)
+    except SystemExit:  # jsonargparse reports a config it cannot parse on stderr, then exits
+        raise TrialFailedError(f"{config_path} does not parse (the error is above)") from None
     trainer = cli.trainer
     trainer.callbacks.append(best)
     trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -209,6 +251,10 @@ def _fit_cli(config_path: Path) -> LCAGCLI:
             run=False,
             save_config_callback=None,
         )
+
+
+class TrialFailedError(RuntimeError):
+    """A trial's fit ran but gave no usable objective (recorded as ``failed``)."""
 
 
 class _BestValidation(pl.Callback):

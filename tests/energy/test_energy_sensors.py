@@ -262,3 +262,16 @@ def test_without_node_sensors_a_measured_node_counts_nothing(powercap):
     monitor = EnergyMonitor(rapl_root=powercap, poll_seconds=0, node_sensors=False)
     assert monitor.sensors == []
     assert monitor.estimated is False
+
+
+def test_nvml_indices_follow_cuda_visible_devices(monkeypatch):
+    from lcag.energy.sensors import nvml_indices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert nvml_indices(None) is None
+    assert nvml_indices([1]) == [1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert nvml_indices(None) == [3, 1]
+    assert nvml_indices([0]) == [3]  # CUDA's device 0 is the node's GPU 3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a,GPU-11bc")
+    assert nvml_indices([1]) == ["GPU-11bc"]

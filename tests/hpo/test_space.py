@@ -125,3 +125,61 @@ def test_load_base_names_missing_and_wrong_files(tmp_path):
     (tmp_path / "data.yaml").write_text("events: 10\n")
     with pytest.raises(ConfigError, match="not a fit config"):
         load_base(tmp_path / "data.yaml")
+
+
+def test_integer_hyperparameters_stay_integers_on_a_log_scale():
+    space = SearchSpace(
+        {"dim": {"low": 16, "high": 512, "log": True}, "dropout": {"low": 0, "high": 1}}
+    )
+    limits = space.limits()
+    assert limits["log10_dim"] == pytest.approx((math.log10(16), math.log10(512)))
+    assert limits["dropout"] == (0.0, 1.0)  # a float range although written with ints
+    point = space.decode({"log10_dim": 1.7, "dropout": 0.25})
+    assert point["dim"] == 50
+    assert isinstance(point["dim"], int)
+    assert point["dropout"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"depth": {"low": 1.5, "high": 4}}, "depth is an integer"),
+        ({"heads": {"choices": [2.0, 4.0]}}, "heads takes int values"),
+        ({"pair_features": {"low": 0, "high": 1}}, "takes choices, not a low/high range"),
+    ],
+)
+def test_hyperparameter_types_are_checked(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchSpace(spec)
+
+
+def test_contains_tells_recorded_points_inside_the_space():
+    space = SearchSpace({"dim": {"low": 40, "high": 64}, "model": "nri"})
+    assert space.contains({"dim": 48, "model": "nri"})
+    assert not space.contains({"dim": 33, "model": "nri"})  # the range was narrowed
+    assert not space.contains({"dim": 48, "model": "transformer"})  # a fixed value changed
+
+
+def test_a_resumed_search_must_keep_its_settings(tmp_path):
+    from lcag.hpo.config import HPOConfig, SearchSettings
+    from lcag.hpo.search import SETTINGS, _claim_out_dir
+
+    base = str(ROOT / "configs" / "fit" / "tiny_transformer.yaml")
+    cfg = HPOConfig(base=base, space=TINY_SPACE, out_dir=str(tmp_path))
+    _claim_out_dir(tmp_path, cfg, ranks=2)
+    assert (tmp_path / SETTINGS).is_file()
+    _claim_out_dir(tmp_path, cfg, ranks=2)  # the same: resumes
+    longer = HPOConfig(
+        base=base,
+        space=TINY_SPACE,
+        out_dir=str(tmp_path),
+        search=SearchSettings(evaluations_per_worker=5),
+    )
+    _claim_out_dir(tmp_path, longer, ranks=2)  # more evaluations: extends the search
+    narrower = HPOConfig(
+        base=base, space={**TINY_SPACE, "dim": {"low": 40, "high": 64}}, out_dir=str(tmp_path)
+    )
+    with pytest.raises(ConfigError, match=r"space\.dim: was \{'low': 16"):
+        _claim_out_dir(tmp_path, narrower, ranks=2)
+    with pytest.raises(ConfigError, match="ranks: was 2, now 4"):
+        _claim_out_dir(tmp_path, cfg, ranks=4)

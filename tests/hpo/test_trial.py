@@ -4,6 +4,7 @@ import math
 import pytest
 import yaml
 
+from lcag.errors import ConfigError, DatasetError
 from lcag.hpo.config import Budget
 from lcag.hpo.search import load_base
 from lcag.hpo.trial import load_result, run_trial, trial_config
@@ -31,6 +32,41 @@ def test_trial_config_moves_outputs_into_the_trial_and_sets_the_budget(base, tmp
     assert not any("ProgressBar" in c["class_path"] for c in trainer["callbacks"])
     assert config["data"]["max_train_events"] == 100
     assert config["model"]["model"]["class_path"] == "lcag.models.LCAGNRI"
+    energy = [c for c in trainer["callbacks"] if c["class_path"].endswith("EnergyLogger")]
+    assert energy == [
+        {
+            "class_path": "lcag.energy.EnergyLogger",
+            "init_args": {"path": str(tmp_path / "t" / "energy.json"), "watts_per_core": 10.0},
+        }
+    ]
+    assert trainer["plugins"][0]["class_path"].endswith("LightningEnvironment")
+
+
+def test_loggers_a_trial_cannot_separate_are_refused(base, tmp_path):
+    base = {**base, "trainer": {**base["trainer"]}}
+    base["trainer"]["logger"] = [{"class_path": "lightning.pytorch.loggers.WandbLogger"}]
+    with pytest.raises(ConfigError, match="WandbLogger"):
+        trial_config(base, {}, tmp_path, Budget())
+
+
+def test_no_validation_within_the_budget_is_a_failed_trial(base, tmp_path):
+    config = trial_config(base, {"dim": 16, "depth": 1}, tmp_path / "t", Budget(max_epochs=1))
+    config["trainer"]["check_val_every_n_epoch"] = 5
+    record = {**RECORD, "trial": "t2", "hyperparameters": {}}
+    result = run_trial(config, tmp_path / "t", "1-perfect", record)
+    assert result.status == "failed"
+    assert "no validation epoch finished" in result.error
+    assert json.loads((tmp_path / "t" / "result.json").read_text())["objective"] is None
+    assert math.isinf(load_result(tmp_path / "t").objective)
+
+
+def test_unreadable_data_stops_the_search_instead_of_failing_each_trial(base, tmp_path):
+    base = {**base, "data": {**base["data"], "data_dir": str(tmp_path / "absent")}}
+    config = trial_config(base, {}, tmp_path / "t", Budget(max_epochs=1))
+    with pytest.raises((DatasetError, FileNotFoundError)):
+        run_trial(
+            config, tmp_path / "t", "val_loss", {**RECORD, "trial": "t3", "hyperparameters": {}}
+        )
 
 
 def test_a_trial_is_a_real_fit_recorded_last(base, tmp_path):
