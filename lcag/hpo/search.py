@@ -20,6 +20,7 @@ individual of some worker (``max()`` of an empty list). Resume with the same num
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,13 +28,14 @@ import math
 import os
 import random
 import shutil
+import socket
 import sys
 import traceback
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -66,9 +68,10 @@ def run_search(cfg: HPOConfig) -> list[TrialResult]:
     space = SearchSpace(cfg.space, source="space")
     _check_settings(cfg, comm.size)
     out = Path(cfg.out_dir)
-    problem = None
+    problem, lock = None, None
     if comm.rank == 0:
         try:
+            lock = _lock_out_dir(out)
             _claim_out_dir(out, cfg, comm.size)
         except ConfigError as err:
             problem = str(err)
@@ -162,6 +165,8 @@ def run_search(cfg: HPOConfig) -> list[TrialResult]:
         atomic_write_text(path, _provenance(cfg, best) + text)
         print(f"best: {best.trial} {cfg.objective} = {best.objective:.4f} -> {path}")
     _print_table(results, cfg)
+    if lock is not None:
+        lock.close()
     return results
 
 
@@ -179,6 +184,29 @@ def search_settings(cfg: HPOConfig, ranks: int) -> dict[str, Any]:
     flat["base_sha256"] = hashlib.sha256(Path(cfg.base).read_bytes()).hexdigest()
     flat["ranks"] = ranks
     return flat
+
+
+def _lock_out_dir(out: Path) -> IO[str]:
+    """Hold ``out/search.lock`` for this process's lifetime: one search per ``out_dir``.
+
+    The lock (``flock``) goes with the process, so a killed search leaves none behind; a rank
+    that outlived its killed ``mpiexec`` still holds it, and a rerun says so.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / "search.lock", "a+")  # noqa: SIM115 (held until the search ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"out_dir {str(out)!r} is in use by another lcag-hpo (it holds {out}/search.lock); "
+            "wait for it or stop it (all of its ranks) first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _claim_out_dir(out: Path, cfg: HPOConfig, ranks: int) -> None:

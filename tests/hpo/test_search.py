@@ -3,7 +3,6 @@ Lightning fits on tiny data. Kept small: 2 epochs per evaluation, 2 evaluations 
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -52,6 +51,25 @@ def run(command: list[str], cwd: Path, timeout: float = 600) -> subprocess.Compl
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
+
+
+def kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL mpiexec and its ranks: Open MPI puts each rank in a process group of its own
+    (in mpiexec's session), so killing mpiexec's group alone leaves them running."""
+    import psutil
+
+    members = [p for p in psutil.process_iter() if _session(p) == process.pid]
+    for member in members:
+        member.kill()
+    process.wait()
+    psutil.wait_procs(members, timeout=30)
+
+
+def _session(process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:  # gone, or not ours
+        return None
 
 
 def finished(out: Path) -> list[Path]:
@@ -109,8 +127,7 @@ def test_killed_search_resumes_without_refitting(tiny_data, tmp_path):
     deadline = time.monotonic() + 300
     while len(finished(out)) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_session(process)
     before = {p.parent.name: p.read_bytes() for p in finished(out)}
     assert 2 <= len(before) < 4, "the search was not interrupted in the middle"
 

@@ -158,28 +158,3 @@ def test_contains_tells_recorded_points_inside_the_space():
     assert space.contains({"dim": 48, "model": "nri"})
     assert not space.contains({"dim": 33, "model": "nri"})  # the range was narrowed
     assert not space.contains({"dim": 48, "model": "transformer"})  # a fixed value changed
-
-
-def test_a_resumed_search_must_keep_its_settings(tmp_path):
-    from lcag.hpo.config import HPOConfig, SearchSettings
-    from lcag.hpo.search import SETTINGS, _claim_out_dir
-
-    base = str(ROOT / "configs" / "fit" / "tiny_transformer.yaml")
-    cfg = HPOConfig(base=base, space=TINY_SPACE, out_dir=str(tmp_path))
-    _claim_out_dir(tmp_path, cfg, ranks=2)
-    assert (tmp_path / SETTINGS).is_file()
-    _claim_out_dir(tmp_path, cfg, ranks=2)  # the same: resumes
-    longer = HPOConfig(
-        base=base,
-        space=TINY_SPACE,
-        out_dir=str(tmp_path),
-        search=SearchSettings(evaluations_per_worker=5),
-    )
-    _claim_out_dir(tmp_path, longer, ranks=2)  # more evaluations: extends the search
-    narrower = HPOConfig(
-        base=base, space={**TINY_SPACE, "dim": {"low": 40, "high": 64}}, out_dir=str(tmp_path)
-    )
-    with pytest.raises(ConfigError, match=r"space\.dim: was \{'low': 16"):
-        _claim_out_dir(tmp_path, narrower, ranks=2)
-    with pytest.raises(ConfigError, match="ranks: was 2, now 4"):
-        _claim_out_dir(tmp_path, cfg, ranks=4)
