@@ -30,7 +30,7 @@ def per_call_microseconds(function, calls: int) -> float:
 
 def fit_seconds(data: Path, epochs: int, with_energy: bool, workdir: Path) -> tuple[float, dict]:
     from lcag.energy.callback import EnergyLogger
-    from lcag.hpo.trial import _fit_cli
+    from lcag.hpo.trial import fit_cli
 
     config = yaml.safe_load((ROOT / "configs" / "fit" / "tiny_transformer.yaml").read_text())
     trainer = config["trainer"]
@@ -44,7 +44,7 @@ def fit_seconds(data: Path, epochs: int, with_energy: bool, workdir: Path) -> tu
     config["data"]["data_dir"] = str(data)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = _fit_cli(path)
+    cli = fit_cli(path)
     if not with_energy:
         cli.trainer.callbacks = [
             c for c in cli.trainer.callbacks if not isinstance(c, EnergyLogger)

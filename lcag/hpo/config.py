@@ -7,11 +7,15 @@ Every field can be overridden on the command line (``--budget.max_epochs 2``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from lcag.energy.sensors import DEFAULT_WATTS_PER_CORE
 
-__all__ = ["Budget", "HPOConfig", "SearchSettings"]
+__all__ = ["OBJECTIVES", "Budget", "HPOConfig", "Objective", "SearchSettings"]
+
+Objective = Literal["1-perfect", "val_loss"]
+"""``1-perfect``: 1 - best validation perfect-tree rate; ``val_loss``: lowest validation loss."""
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 @dataclass
@@ -83,7 +87,7 @@ class HPOConfig:
     out_dir: str = "runs/hpo"
     best_config: str | None = None
     data_dir: str | None = None
-    objective: Literal["1-perfect", "val_loss"] = "1-perfect"
+    objective: Objective = "1-perfect"
     budget: Budget = field(default_factory=Budget)
     search: SearchSettings = field(default_factory=SearchSettings)
     watts_per_core: float = DEFAULT_WATTS_PER_CORE

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import math
@@ -45,11 +46,9 @@ from lcag.errors import ConfigError, LCAGError, MissingDependencyError
 from lcag.files import atomic_write_json, atomic_write_text
 from lcag.hpo.config import HPOConfig
 from lcag.hpo.space import PARAMETERS, SearchSpace, apply
-from lcag.hpo.trial import TrialResult, load_result, run_trial, trial_config
+from lcag.hpo.trial import TrialResult, as_list, load_result, run_trial, trial_config
 
 __all__ = ["best_fit_config", "collect_results", "load_base", "run_search", "trial_name"]
-
-log = logging.getLogger("lcag.hpo")
 
 
 def run_search(cfg: HPOConfig) -> list[TrialResult]:
@@ -280,14 +279,13 @@ def best_fit_config(base: Mapping[str, Any], best: TrialResult, cfg: HPOConfig) 
     config = apply(base, best.hyperparameters)
     name = f"{Path(cfg.base).stem}_hpo"
     trainer = config.get("trainer", {})
-    loggers = trainer.get("logger") or []
     save_dir = "runs"
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
+    for logger in as_list(trainer.get("logger")):
         if isinstance(logger, dict):
             init_args = logger.setdefault("init_args", {})
             save_dir = init_args.get("save_dir", save_dir)
             init_args["name"] = name
-    for callback in trainer.get("callbacks") or []:
+    for callback in as_list(trainer.get("callbacks")):
         if isinstance(callback, dict) and callback.get("class_path", "").endswith(
             "ModelCheckpoint"
         ):
@@ -341,12 +339,11 @@ def _rows(results: list[TrialResult]) -> list[dict[str, Any]]:
 def _write_table(out: Path, results: list[TrialResult]) -> None:
     rows = _rows(results)
     atomic_write_json(out / "results.json", [r.to_dict() for r in results])
-    tmp = out / "results.csv.partial"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "results.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", table.getvalue())
 
 
 def _write_search_energy(

@@ -32,14 +32,12 @@ from lcag.energy.callback import EnergyLogger
 from lcag.energy.sensors import DEFAULT_WATTS_PER_CORE
 from lcag.errors import ConfigError, DatasetError
 from lcag.files import atomic_write_json, atomic_write_text
-from lcag.hpo.config import Budget
+from lcag.hpo.config import OBJECTIVES, Budget, Objective
 from lcag.hpo.space import apply
 from lcag.module import LCAGModule
 
-__all__ = ["OBJECTIVES", "TrialResult", "load_result", "run_trial", "trial_config"]
+__all__ = ["TrialResult", "as_list", "fit_cli", "load_result", "run_trial", "trial_config"]
 
-Objective = Literal["val_loss", "1-perfect"]
-OBJECTIVES = ("val_loss", "1-perfect")
 RESULT = "result.json"
 _LOCAL_ENVIRONMENT = "lightning.fabric.plugins.environments.LightningEnvironment"
 CONFIG = "trial.yaml"
@@ -112,7 +110,7 @@ def trial_config(
         trainer["precision"] = "32-true"
     trainer["enable_progress_bar"] = False
     trainer["enable_model_summary"] = False
-    for logger in _as_list(trainer.get("logger")):
+    for logger in as_list(trainer.get("logger")):
         class_path = logger.get("class_path", "") if isinstance(logger, dict) else str(logger)
         kind = class_path.rsplit(".", 1)[-1]
         if kind not in ("TensorBoardLogger", "CSVLogger"):
@@ -124,7 +122,7 @@ def trial_config(
             save_dir=str(trial_dir), name="", version=kind.removesuffix("Logger").lower()
         )
     callbacks = []
-    for callback in _as_list(trainer.get("callbacks")):
+    for callback in as_list(trainer.get("callbacks")):
         class_path = callback.get("class_path", "") if isinstance(callback, dict) else ""
         if class_path.endswith(("ProgressBar", "RichModelSummary", "EnergyLogger")):
             continue
@@ -218,7 +216,7 @@ def _fit(config_path: Path) -> dict[str, Any]:
     """Run ``lcag fit --config config_path`` in this process; return its best metrics."""
     best = _BestValidation()
     try:
-        cli = _fit_cli(config_path)
+        cli = fit_cli(config_path)
     except SystemExit:  # jsonargparse reports a config it cannot parse on stderr, then exits
         raise TrialFailedError(f"{config_path} does not parse (the error is above)") from None
     trainer = cli.trainer
@@ -239,7 +237,7 @@ def _fit(config_path: Path) -> dict[str, Any]:
     }
 
 
-def _fit_cli(config_path: Path) -> LCAGCLI:
+def fit_cli(config_path: Path) -> LCAGCLI:
     """The model, data and trainer of ``lcag fit --config config_path``, not yet fitted."""
     with warnings.catch_warnings():  # the calling program's sys.argv is not meant for the fit
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
@@ -279,7 +277,8 @@ class _BestValidation(pl.Callback):
                 break
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A config entry that may be one item, a list or absent, as a list."""
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
