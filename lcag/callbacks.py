@@ -8,12 +8,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["ResultsTable"]
+__all__ = ["ResultsTable", "results_tables"]
+
+SUBSET_LABELS = {"test": "known topologies", "test_unseen": "unseen topologies"}
 
 
 class ResultsTable(pl.Callback):
-    """After testing, print the perfect-tree rates overall and per leaf count, known vs unseen
-    topologies, and write them to ``results.json`` in the run's log directory.
+    """After testing, print the perfect-tree rates overall and per leaf count, one table for
+    known and one for unseen topologies, and write them to ``results.json`` in the run's log
+    directory. (Lightning's own per-dataloader table is off in ``lcag test``.)
 
     Args:
         path: where to write the JSON (default: ``<log_dir>/results.json``).
@@ -22,44 +25,55 @@ class ResultsTable(pl.Callback):
     def __init__(self, path: str | None = None) -> None:
         self.path = path
 
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """After testing (and after the progress bar has closed): print and save."""
         results: dict[str, Any] = getattr(pl_module, "results", {})
         subsets = [s for s in ("test", "test_unseen") if s in results]
-        if not subsets:
+        if stage != "test" or not subsets:
             return
         # trainer.log_dir broadcasts from rank 0: every rank must ask for it.
         path = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "results.json"
         if trainer.global_rank != 0:
             return
         from rich.console import Console
-        from rich.table import Table
 
-        table = Table(title="Perfect-tree rate (argmax / valid-tree decoding)")
-        table.add_column("leaves", justify="right")
-        labels = {"test": "known topologies", "test_unseen": "unseen topologies"}
-        for subset in subsets:
-            table.add_column(labels[subset], justify="right")
-        sizes = sorted({n for s in subsets for n in results[s]["by_size"]["perfect_argmax"]})
-
-        def cell(subset: str, n: int | None) -> str:
-            info = results[subset]
-            if n is None:
-                argmax, decoded, events = (
-                    info["perfect_argmax"],
-                    info.get("perfect_decoded"),
-                    info["events"],
-                )
-            else:
-                if n not in info["by_size"]["perfect_argmax"]:
-                    return "-"
-                argmax, events = info["by_size"]["perfect_argmax"][n]
-                decoded = info["by_size"].get("perfect_decoded", {}).get(n, (None,))[0]
-            text = f"{argmax:6.1%}" + (f" / {decoded:6.1%}" if decoded is not None else "")
-            return f"{text}  ({events})"
-
-        for n in sizes:
-            table.add_row(str(n), *(cell(s, n) for s in subsets))
-        table.add_row("all", *(cell(s, None) for s in subsets), style="bold")
-        Console().print(table)
+        console = Console()
+        for table in results_tables(results, subsets):
+            console.print(table)
+        console.print(CAPTION)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
+        console.print(f"results in {path}")
+
+
+def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:
+    """One rich table per subset (known, unseen topologies): a row per leaf count."""
+    from rich.table import Table
+
+    tables = []
+    for subset in subsets:
+        info = results[subset]
+        table = Table(
+            title=f"{SUBSET_LABELS[subset]}: perfect-tree rate on {info['events']} test events",
+            min_width=64,
+        )
+        for column in ("leaves", "events", "argmax", "valid tree"):
+            table.add_column(column, justify="right")
+        by_size = info["by_size"]
+        decoded_by_size = by_size.get("perfect_decoded", {})
+        for n, (argmax, events) in sorted(by_size["perfect_argmax"].items()):
+            decoded = decoded_by_size.get(n, (None,))[0]
+            table.add_row(str(n), str(events), f"{argmax:.1%}", _percent(decoded))
+        table.add_row(
+            "all", str(info["events"]), f"{info['perfect_argmax']:.1%}",
+            _percent(info.get("perfect_decoded")), style="bold",
+        )  # fmt: skip
+        tables.append(table)
+    return tables
+
+
+CAPTION = "argmax: each pair's likeliest class alone; valid tree: the likeliest decay tree"
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"

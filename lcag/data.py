@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lcag.data_gen.shards import TopologyTable, read_manifest
+from lcag.data_gen.shards import TopologyTable, read_manifest, sha256_of
 from lcag.errors import DatasetError
 
 __all__ = ["BucketBatchSampler", "LCAGDataModule", "LCAGDataset", "collate"]
@@ -53,11 +53,13 @@ class LCAGDataset(Dataset):
             )
         self.split = split
         files, sizes, counts = [], [], []
+        self.checksums: list[str | None] = []
         for shard in self.manifest["splits"][split]["shards"]:
             path = self.root / shard["file"]
             if not path.is_file():
                 raise DatasetError(f"{path}: shard listed in the manifest is missing")
             files.append(path)
+            self.checksums.append(shard.get("sha256"))
             for n, count in shard["leaf_counts"].items():
                 sizes.append((len(files) - 1, int(n)))
                 counts.append(int(count))
@@ -75,6 +77,19 @@ class LCAGDataset(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def verify(self) -> None:
+        """Check every shard against the SHA-256 in the manifest (one read of each file).
+
+        Raises:
+            DatasetError: a shard was changed, damaged or cut short since it was written.
+        """
+        for path, expected in zip(self.files, self.checksums, strict=True):
+            if expected is not None and sha256_of(path) != expected:
+                raise DatasetError(
+                    f"{path}: checksum differs from the manifest's (the shard is corrupt or "
+                    f"truncated); regenerate it with lcag-generate"
+                )
 
     def group_ranges(self) -> list[tuple[int, int]]:
         """``[start, stop)`` index ranges of the groups (one leaf count of one shard each)."""
@@ -104,12 +119,18 @@ class LCAGDataset(Dataset):
 
     def _read(self, file_index: int, n: int, local: np.ndarray) -> dict[str, Any]:
         handle = self._file(file_index)
-        group = handle[f"L{n}"]
         unique, inverse = np.unique(local, return_inverse=True)
         lo, hi = int(unique[0]), int(unique[-1]) + 1
-        features = group["features"][lo:hi][unique - lo][inverse]
-        lcag = group["lcag"][lo:hi][unique - lo][inverse].astype(np.int64)
-        topology = group["topology"][lo:hi][unique - lo][inverse].astype(np.int64)
+        try:
+            group = handle[f"L{n}"]
+            features = group["features"][lo:hi][unique - lo][inverse]
+            lcag = group["lcag"][lo:hi][unique - lo][inverse].astype(np.int64)
+            topology = group["topology"][lo:hi][unique - lo][inverse].astype(np.int64)
+        except (OSError, KeyError) as exc:  # h5py: a damaged block, a missing group
+            raise DatasetError(
+                f"{self.files[file_index]}: cannot read /L{n} events {lo}..{hi - 1} "
+                f"(corrupt or incomplete shard: {exc}); regenerate it with lcag-generate"
+            ) from None
         if not np.isfinite(features).all():
             bad = np.argwhere(~np.isfinite(features))[0]
             event = int(local[bad[0]])
@@ -251,6 +272,8 @@ class LCAGDataModule(pl.LightningDataModule):
         max_eval_events: the same for each evaluation split.
         seed: shuffling seed of the training batches.
         val_split: the split validated on (``train`` checks how well a subset is learnt).
+        verify_checksums: check every shard against the manifest's SHA-256 when the module is
+            made, so a damaged file stops the run at once rather than feeding it garbage.
     """
 
     def __init__(
@@ -263,12 +286,16 @@ class LCAGDataModule(pl.LightningDataModule):
         max_eval_events: int | None = None,
         seed: int = 0,
         val_split: str = "val",
+        verify_checksums: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.manifest = read_manifest(self.data_dir)
         self.datasets: dict[str, LCAGDataset] = {}
+        if verify_checksums:  # here, so a damaged file stops the run before the trainer starts
+            for split in self.manifest["splits"]:
+                LCAGDataset(self.data_dir, split).verify()
 
     @property
     def normalisation(self) -> tuple[list[float], list[float]]:

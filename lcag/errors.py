@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "DatasetError",
     "InvalidInputError",
@@ -26,6 +27,10 @@ class LCAGError(Exception):
 
 class InvalidInputError(LCAGError, ValueError):
     """An argument has the wrong shape, type or value (the message names which)."""
+
+
+class CheckpointError(InvalidInputError):
+    """A model checkpoint is missing, truncated, corrupt or not one of lcag's (file named)."""
 
 
 class ConfigError(LCAGError, ValueError):

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from lcag.baselines import CombinatorialBaseline
+from lcag.console import run_console
 from lcag.data import LCAGDataset, collate
 from lcag.decode import decode
-from lcag.errors import LCAGError
 from lcag.inference import Reconstructor
 
 __all__ = ["baseline_for", "evaluate", "main"]
@@ -48,6 +48,7 @@ def evaluate(
     examples = []
     for split in splits:
         dataset = LCAGDataset(data, split, max_events=max_events)
+        dataset.verify()
         baseline = baseline_for(dataset, baseline_max_leaves)
         depths = np.array([t.depth for t in dataset.topology_table()])
         result = _evaluate_split(reco, dataset, baseline, depths, batch_size)
@@ -188,17 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-events", type=int, default=None, help="events per split")
     parser.add_argument("--baseline-max-leaves", type=int, default=12)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         report = evaluate(
             args.ckpt, args.data, args.split, args.out,
             max_events=args.max_events, baseline_max_leaves=args.baseline_max_leaves,
         )  # fmt: skip
-    except LCAGError as exc:
-        print(f"lcag-evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    print(_markdown(report))
-    print(f"report and plots in {args.out}")
-    return 0
+        print(_markdown(report))
+        print(f"report and plots in {args.out}")
+
+    return run_console("lcag-evaluate", run)
 
 
 if __name__ == "__main__":

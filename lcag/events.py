@@ -12,7 +12,13 @@ import numpy as np
 
 from lcag.errors import InvalidInputError
 
-__all__ = ["as_padded"]
+__all__ = ["ENERGY_ATOL", "ENERGY_RTOL", "as_padded", "check_energies"]
+
+# A massless leaf stored in float32 has E and |p| each rounded by up to 6e-8 relative; E
+# recomputed from a smeared momentum and a mass adds a few more ulps. 1e-5 is far above that
+# and far below any real mix-up of columns (which gives E < |p| by tens of per cent).
+ENERGY_RTOL = 1e-5
+ENERGY_ATOL = 1e-9
 
 
 def as_padded(
@@ -28,8 +34,9 @@ def as_padded(
         max_leaves: the largest event accepted.
 
     Raises:
-        InvalidInputError: a wrong shape or feature count, NaN or infinite values, or an
-            event with more than ``max_leaves`` leaves (the message names the event and leaf).
+        InvalidInputError: a wrong shape or feature count, NaN or infinite values, an
+            event with more than ``max_leaves`` leaves, or, for 4-momenta, a leaf with
+            ``E < |p|`` beyond rounding (the message names the event and leaf).
     """
     if type(leaves).__module__.split(".")[0] == "awkward":
         import awkward as ak
@@ -78,4 +85,30 @@ def as_padded(
         raise InvalidInputError(
             f"leaves: event {n} has {int(counts[n])} leaves, at most {max_leaves} are supported"
         )
+    if n_features >= 4:  # (px, py, pz, E) first
+        check_energies(x[..., :4], mask)
     return x, mask
+
+
+def check_energies(x: np.ndarray, mask: np.ndarray, rtol: float = ENERGY_RTOL) -> None:
+    """Refuse leaves whose energy is below their momentum beyond rounding (``E < |p|``).
+
+    Such leaves are unphysical; nearly always the columns came as ``(E, px, py, pz)``.
+
+    Args:
+        x: ``(N, L, 4)`` leaves ``(px, py, pz, E)``.
+        mask: ``(N, L)`` bool, real leaves.
+        rtol: the relative shortfall of ``E`` below ``|p|`` that rounding can explain.
+
+    Raises:
+        InvalidInputError: naming the first such event and leaf, and the expected columns.
+    """
+    momentum = np.sqrt(np.sum(x[..., :3] ** 2, axis=-1))
+    energy = x[..., 3]
+    bad = mask & (energy < momentum * (1 - rtol) - ENERGY_ATOL)
+    if bad.any():
+        n, leaf = (int(i) for i in np.argwhere(bad)[0])
+        raise InvalidInputError(
+            f"leaves: event {n}, leaf {leaf} has E = {energy[n, leaf]:.6g} below "
+            f"|p| = {momentum[n, leaf]:.6g}; the columns must be (px, py, pz, E)"
+        )

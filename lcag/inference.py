@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lcag.checkpoints import load_checkpoint
+from lcag.console import one_line
 from lcag.decode import decode, tree_score
-from lcag.errors import InvalidInputError
+from lcag.errors import CheckpointError
 from lcag.events import as_padded
 from lcag.features import check_pair_features, normalise, pair_features
 from lcag.matrix import lcag_to_tree
@@ -83,21 +85,26 @@ class Reconstructor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Reconstructor:
-        """Load a checkpoint written by ``lcag fit`` (read with ``weights_only=True``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise InvalidInputError(f"{path}: checkpoint not found")
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-        hparams = dict(checkpoint.get("hyper_parameters", {}))
-        if "model" not in hparams:
-            raise InvalidInputError(f"{path}: no model configuration in the checkpoint")
+        """Load a checkpoint written by ``lcag fit`` (read with ``weights_only=True``).
+
+        Raises:
+            CheckpointError: the file is missing, truncated, corrupt or holds no lcag model.
+        """
+        checkpoint = load_checkpoint(path, map_location=device)
+        hparams = dict(checkpoint["hyper_parameters"])
         model = LCAGModel.from_config(hparams["model"])
         state = checkpoint["state_dict"]
-        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        try:
+            model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+            mean, std = state["feature_mean"], state["feature_std"]
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(
+                f"{path}: weights do not fit the stored model configuration ({one_line(exc)})"
+            ) from None
         return cls(
             model,
-            state["feature_mean"],
-            state["feature_std"],
+            mean,
+            std,
             pair_features=hparams.get("pair_features") or [],
             max_leaves=int(hparams.get("max_leaves", 64)),
             device=device,
@@ -133,8 +140,9 @@ class Reconstructor:
             One :class:`Reconstruction` per event, in order.
 
         Raises:
-            InvalidInputError: wrong feature count, NaN or infinite values, or more leaves
-                than the model supports (the message names the event and leaf).
+            InvalidInputError: wrong feature count, NaN or infinite values, more leaves
+                than the model supports, or a leaf with ``E < |p|`` (columns not in the
+                order px, py, pz, E); the message names the event and leaf.
         """
         x, mask = as_padded(leaves, mask, self.n_features, self.max_leaves)
         order = np.argsort(mask.sum(1), kind="stable")  # similar sizes share a batch

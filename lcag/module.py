@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lcag.checkpoints import load_checkpoint
 from lcag.decode import decode
 from lcag.errors import ConfigError
 from lcag.features import check_pair_features, normalise, pair_features
@@ -253,7 +254,7 @@ class LCAGModule(pl.LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> LCAGModule:
         """Rebuild a trained module from a checkpoint, the model from its stored config."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = load_checkpoint(path, map_location=map_location)
         hparams = dict(checkpoint["hyper_parameters"])
         model = LCAGModel.from_config(hparams.pop("model"))
         module = cls(model, **hparams)

@@ -13,7 +13,8 @@ import sys
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from lcag.errors import LCAGError
+from lcag.console import EXIT_INTERRUPTED, run_console
+from lcag.errors import ConfigError
 
 __all__ = ["main"]
 
@@ -46,12 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_console("lcag-generate", lambda: _generate(args))
+
+
+def _generate(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        print(
-            f"lcag-generate: error: --workers must be at least 1, got {args.workers}",
-            file=sys.stderr,
-        )
-        return 2
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     try:
         if args.from_paper_npy is not None:
             from lcag.data_gen.paper_npy import convert_paper_npy
@@ -69,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
             )
-    except LCAGError as exc:
-        print(f"lcag-generate: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenProcessPool:
         print(
             "lcag-generate: a worker process died (killed, or out of memory); finished shards "
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("lcag-generate: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     _print_summary(manifest, args.out)
     return 0
 

@@ -13,8 +13,8 @@ import sys
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lcag.cli import quiet_known_warnings
-from lcag.errors import LCAGError
+from lcag.cli import quiet_known_warnings, tensorboard_without_tensorflow
+from lcag.console import EXIT_INTERRUPTED, run_console
 from lcag.hpo.config import Budget, HPOConfig, SearchSettings
 
 __all__ = ["main", "parser"]
@@ -36,6 +36,11 @@ def parser() -> ArgumentParser:
 def main(args: list[str] | None = None) -> int:
     """Parse, run or resume the search; return the exit status."""
     quiet_known_warnings()
+    tensorboard_without_tensorflow()
+    return run_console("lcag-hpo", lambda: _search(args))
+
+
+def _search(args: list[str] | None) -> int:
     p = parser()
     values = p.parse_args(args).as_dict()
     values.pop("config", None)
@@ -48,12 +53,9 @@ def main(args: list[str] | None = None) -> int:
         from lcag.hpo.search import run_search
 
         results = run_search(cfg)
-    except LCAGError as exc:
-        print(f"lcag-hpo: error: {exc}", file=sys.stderr)
-        return 2
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C during a fit into exit(1)
         print("lcag-hpo: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if results and not any(r.status == "ok" for r in results):
         print(
             f"lcag-hpo: every evaluation failed; see {cfg.out_dir}/trials/*/error.txt",
