@@ -4,7 +4,7 @@
 ``j``. The matrix is equivalent to the decay tree and can be learnt from leaf features alone.
 """
 
-from lcag.decode import decode, decode_argmax, tree_score
+from lcag.decode import decode, decode_argmax, log_partition, top_k, tree_score
 from lcag.errors import InvalidInputError, InvalidLCAGError, InvalidTreeError, LCAGError
 from lcag.matrix import is_valid_lcag, lcag_to_tree, permute, tree_to_lcag, tree_to_lcas
 from lcag.tree import DecayTree
@@ -33,7 +33,9 @@ __all__ = [
     "decode_argmax",
     "is_valid_lcag",
     "lcag_to_tree",
+    "log_partition",
     "permute",
+    "top_k",
     "tree_score",
     "tree_to_lcag",
     "tree_to_lcas",

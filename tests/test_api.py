@@ -17,7 +17,9 @@ def test_public_names_are_pinned():
             "decode_argmax",
             "is_valid_lcag",
             "lcag_to_tree",
+            "log_partition",
             "permute",
+            "top_k",
             "tree_score",
             "tree_to_lcag",
             "tree_to_lcas",
@@ -25,6 +27,20 @@ def test_public_names_are_pinned():
     )
     for name in lcag.__all__:
         assert hasattr(lcag, name), name
+
+
+def test_decoding_names_are_pinned():
+    import lcag.decode
+
+    assert sorted(lcag.decode.__all__) == [
+        "EXACT_MAX_LEAVES",
+        "decode",
+        "decode_argmax",
+        "log_partition",
+        "pair_log_scores",
+        "top_k",
+        "tree_score",
+    ]
 
 
 def test_readme_names_import():

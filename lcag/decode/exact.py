@@ -1,0 +1,196 @@
+"""Exact decoding: the maximum-score valid LCAG by dynamic programming over leaf subsets.
+
+``F(S, h)``, the best subtree over leaf set ``S`` rooted at height ``h``, splits ``S`` into >= 2
+blocks of height < h with at least one block of height exactly ``h - 1``; fixing the block that
+holds the lowest leaf of ``S`` enumerates each partition once, ``O(3^L * C)`` per event. A node
+score per leaf set is added once for every inner node.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from lcag.decode.scores import subset_members
+
+__all__ = ["CHUNK_FLOATS", "chunks", "decode_exact", "subset_sums"]
+
+CHUNK_FLOATS = 1 << 23  # events are handled in chunks of this many subset-table entries
+
+
+def decode_exact(scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Exact maximum-score valid LCAG.
+
+    Args:
+        scores: ``(E, n, n, H)`` pair log-scores, index ``k`` = height ``k + 1``.
+        nodes: ``(E, 2^n)`` node scores by leaf bit mask, added once per inner node (root
+            included).
+
+    Returns:
+        ``(E, n, n)`` int64. Subset sums are vectorised in numpy; the dynamic programme over
+        subsets runs compiled, one event at a time.
+    """
+    E, n, _, H = scores.shape
+    out = np.zeros((E, n, n), dtype=np.int64)
+    for start, stop in chunks(E, n, H):
+        _exact_kernel(subset_sums(scores[start:stop]), nodes[start:stop], n, out[start:stop])
+    return out
+
+
+def chunks(E: int, n: int, H: int) -> list[tuple[int, int]]:
+    """Event ranges whose subset-sum tables ``(chunk, H + 1, 2^n)`` fit the memory bound."""
+    chunk = max(1, CHUNK_FLOATS // ((H + 1) << n))
+    return [(start, min(start + chunk, E)) for start in range(0, E, chunk)]
+
+
+def subset_sums(scores: np.ndarray) -> np.ndarray:
+    """``W (E, H + 1, 2^n)``: ``W[e, h, S]`` sums ``scores (E, n, n, H)`` at height ``h`` over
+    the pairs inside leaf set ``S`` (bit ``i`` of ``S`` = leaf ``i``); ``W[:, 0] = 0``."""
+    E, n, _, H = scores.shape
+    W = np.zeros((E, H + 1, 1 << n))
+    members = subset_members(n).astype(np.float64)
+    for b in range(1, n):
+        low = 1 << b  # the subsets of leaves 0..b-1 gain leaf b
+        row = np.tensordot(scores[:, b, :b, :], members[:low, :b], ([1], [1]))  # (E, H, low)
+        W[:, 1:, low : 2 * low] = W[:, 1:, :low] + row
+    return W
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_kernel(
+    W: np.ndarray, nodes: np.ndarray, n: int, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Subset dynamic programme for each event; writes the LCAG into ``out (E, n, n)``.
+
+    For height h: G1[B] / G0[B] = best subtree on block B of height exactly h-1 / at most
+    h-2, minus W[h, B]; A[S] = best split of S into such blocks; P1[S] = the same with at
+    least one block of height h-1; F[h, S] = W[h, S] + nodes[S] + best split into >= 2
+    blocks with one of height h-1. Splits fix the block B holding the lowest leaf of S, so
+    each is seen once.
+    """
+    E, H1, full = W.shape
+    neg = -np.inf
+    F = np.empty((H1, full))
+    lower = np.empty(full)
+    G0 = np.empty(full)
+    G1 = np.empty(full)
+    A = np.empty(full)
+    P1 = np.empty(full)
+    x_block = np.zeros((H1, full), dtype=np.int64)  # first block of F's best split
+    x_exact = np.zeros((H1, full), dtype=np.bool_)  # ... has height h-1 (rest from A)
+    a_block = np.zeros((H1, full), dtype=np.int64)  # first block of A's best split
+    p_whole = np.zeros((H1, full), dtype=np.bool_)  # P1 is S as one block of height h-1
+    stack_set = np.zeros(n, dtype=np.int64)
+    stack_h = np.zeros(n, dtype=np.int64)
+    for e in range(E):
+        for S in range(full):
+            F[0, S] = 0.0 if (S & (S - 1)) == 0 and S != 0 else neg
+            lower[S] = neg
+        for h in range(1, H1):
+            for S in range(full):
+                if h >= 2:
+                    lower[S] = max(lower[S], F[h - 2, S])
+                G0[S] = lower[S] - W[e, h, S]
+                G1[S] = F[h - 1, S] - W[e, h, S]
+            A[0] = 0.0
+            P1[0] = neg
+            for S in range(1, full):
+                F[h, S] = neg
+                whole = max(G0[S], G1[S])
+                if (S & (S - 1)) == 0:
+                    A[S] = whole
+                    P1[S] = G1[S]
+                    a_block[h, S] = S
+                    p_whole[h, S] = True
+                    continue
+                low = S & -S
+                rest = S ^ low
+                best_x = neg
+                best_xb = 0
+                best_xe = False
+                best_y = neg
+                best_yb = 0
+                sub = (rest - 1) & rest
+                while True:  # blocks low|sub for every sub-mask of rest except rest
+                    B = low | sub
+                    R = S ^ B
+                    first = G1[B] + A[R]
+                    later = G0[B] + P1[R]
+                    if first > best_x:
+                        best_x, best_xb, best_xe = first, B, True
+                    if later > best_x:
+                        best_x, best_xb, best_xe = later, B, False
+                    y = max(G0[B], G1[B]) + A[R]
+                    if y > best_y:
+                        best_y, best_yb = y, B
+                    if sub == 0:
+                        break
+                    sub = (sub - 1) & rest
+                x_block[h, S] = best_xb
+                x_exact[h, S] = best_xe
+                F[h, S] = W[e, h, S] + nodes[e, S] + best_x
+                if whole >= best_y:
+                    A[S], a_block[h, S] = whole, S
+                else:
+                    A[S], a_block[h, S] = best_y, best_yb
+                if G1[S] >= best_x:
+                    P1[S], p_whole[h, S] = G1[S], True
+                else:
+                    P1[S], p_whole[h, S] = best_x, False
+
+        # Backtrack from the best root height; parents are written before their blocks,
+        # which then overwrite their own pairs with lower heights.
+        top = full - 1
+        root_h = 1
+        for h in range(2, H1):
+            if F[h, top] > F[root_h, top]:
+                root_h = h
+        depth = 0
+        stack_set[0], stack_h[0] = top, root_h
+        depth = 1
+        while depth > 0:
+            depth -= 1
+            S, h = stack_set[depth], stack_h[depth]
+            for i in range(n):
+                if (S >> i) & 1:
+                    for j in range(n):
+                        if j != i and (S >> j) & 1:
+                            out[e, i, j] = h
+            # Walk the blocks of S at height h: X first, then A- or P1-mode for the rest.
+            B = x_block[h, S]
+            rest = S ^ B
+            mode_a = x_exact[h, S]
+            block_h = h - 1 if mode_a else _best_lower(F, B, h)
+            while True:
+                if B & (B - 1):
+                    stack_set[depth], stack_h[depth] = B, block_h
+                    depth += 1
+                if rest == 0:
+                    break
+                if mode_a:
+                    B = a_block[h, rest]
+                    low_h = _best_lower(F, B, h) if h >= 2 else -1
+                    g0 = F[low_h, B] if low_h >= 0 else neg
+                    block_h = h - 1 if F[h - 1, B] >= g0 else low_h
+                elif p_whole[h, rest]:
+                    B, block_h = rest, h - 1
+                else:
+                    B = x_block[h, rest]
+                    if x_exact[h, rest]:
+                        block_h = h - 1
+                        mode_a = True
+                    else:
+                        block_h = _best_lower(F, B, h)
+                rest = rest ^ B
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_lower(F: np.ndarray, S: int, h: int) -> int:  # pragma: no cover - compiled
+    """Height (<= h-2) of the best subtree on ``S``; 0 for a leaf; -1 when none exists."""
+    if (S & (S - 1)) == 0:
+        return 0
+    best = -1
+    for k in range(1, h - 1):
+        if best < 0 or F[k, S] > F[best, S]:
+            best = k
+    return best
