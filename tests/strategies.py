@@ -1,11 +1,65 @@
-"""Hypothesis strategies for decay trees and LCAG matrices."""
+"""Hypothesis strategies for decay trees and LCAG matrices, and the rounding tolerances that
+comparisons of decoded trees and their scores allow."""
 
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
 
-from lcag import DecayTree
+from lcag import DecayTree, is_valid_lcag, tree_score
+
+EPS32 = float(np.finfo(np.float32).eps)  # 1.2e-7
+EPS64 = float(np.finfo(np.float64).eps)  # 2.2e-16
+MAX_LOG_SCORE = -float(np.log(1e-12))  # 27.6: probabilities are floored at 1e-12 before the log
+LOGIT_ATOL = 1e-5
+"""How far one event's float32 logits may move when the batch around it changes shape (or the
+kernels the CPU dispatches to change): torch.testing's float32 atol. Logits here are O(1..10),
+eps32 1.2e-7 relative per rounding, a few dozen roundings deep: a few 1e-6 at most (measured:
+1.9e-6 between batches of 16 and one batch of 86 events)."""
+
+PROB_RTOL = 2 * LOGIT_ATOL + 4 * EPS32
+"""Relative change of a softmax probability when its logits move by ``LOGIT_ATOL``: at most
+``2 LOGIT_ATOL`` (log-softmax), plus the float32 softmax's own rounding (exp, sum, divide)."""
+
+
+def n_pairs(n_leaves: int) -> int:
+    return n_leaves * (n_leaves - 1) // 2
+
+
+def float64_score_tolerance(n_leaves: int) -> float:
+    """Rounding between two float64 sums of the same tree's pair scores in different orders
+    (the decoder's subset sums, :func:`tree_score`): at most ``k^2 eps64 max|s|`` for ``k``
+    pairs, ``|s| <= 27.6``; 5e-11 at 14 leaves."""
+    return max(n_pairs(n_leaves), 1) ** 2 * EPS64 * MAX_LOG_SCORE
+
+
+def float32_score_tolerance(n_leaves: int) -> float:
+    """How far a tree's score (a float64 sum of log-probabilities over ``k`` pairs) moves when
+    the float32 logits behind it move by ``LOGIT_ATOL``: log-softmax moves each
+    log-probability by at most ``2 max|d logit|``, plus eps32 for rounding the probability to
+    float32; 5.6e-4 at 8 leaves."""
+    k = n_pairs(n_leaves)
+    return k * (2 * LOGIT_ATOL + EPS32) + float64_score_tolerance(n_leaves)
+
+
+def assert_same_tree_or_tied(
+    got: np.ndarray, expected: np.ndarray, probs: np.ndarray, score_rounding: float
+) -> None:
+    """``got == expected``, or else a tie. Decoding picks the best-scoring tree, so inputs
+    equal up to rounding give the same tree unless two trees score within that rounding of
+    each other; then either tree is a right answer. ``score_rounding`` bounds how far any
+    tree's score differs between the two computations; each tree is the best under its own,
+    so under ``probs`` their scores differ by at most twice that."""
+    got, expected = np.asarray(got), np.asarray(expected)
+    if np.array_equal(got, expected):
+        return
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    assert is_valid_lcag(got), got
+    gap = abs(float(tree_score(got, probs)) - float(tree_score(expected, probs)))
+    assert gap <= 2 * score_rounding, (
+        f"different trees whose scores differ by {gap:.3g} > 2 x {score_rounding:.3g}:\n"
+        f"{got}\n{expected}"
+    )
 
 
 @st.composite

@@ -25,9 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FIT_CONFIG = ROOT / "configs" / "fit" / "tiny_transformer.yaml"
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:You are using a custom batch sampler:UserWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore:You are using a custom batch sampler:UserWarning")
 
 
 def run(command: str, *args: str | Path, **env: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import decay_trees, one_hot_probs
+from strategies import (
+    assert_same_tree_or_tied,
+    decay_trees,
+    float64_score_tolerance,
+    one_hot_probs,
+)
 
 from lcag import InvalidInputError, decode, decode_argmax, is_valid_lcag, tree_score, tree_to_lcag
 from lcag.tree import DecayTree
@@ -77,10 +82,12 @@ def test_exact_beats_every_valid_tree(L, C, concentration, seed):
     best = decode(probs, method="exact")
     assert is_valid_lcag(best)
     assert best.max() <= C - 1
-    assert tree_score(best, probs) >= brute - 1e-9
+    # the decoder sums pair scores in another order than tree_score: float64 rounding only
+    rounding = float64_score_tolerance(L)
+    assert tree_score(best, probs) >= brute - 2 * rounding
     approx = decode(probs, method="approx")
     assert is_valid_lcag(approx)
-    assert tree_score(approx, probs) <= brute + 1e-9
+    assert tree_score(approx, probs) <= brute  # one of the candidates, scored the same way
 
 
 @given(decay_trees(max_leaves=10), st.integers(0, 2**32 - 1))
@@ -94,7 +101,10 @@ def test_valid_argmax_is_kept(tree, seed):
     )
     probs = 0.5 * (probs + probs.transpose(1, 0, 2))
     assert is_valid_lcag(decode_argmax(probs))
-    np.testing.assert_array_equal(decode(probs), decode_argmax(probs))
+    # equal, unless another tree ties with the argmax within the float64 rounding of a score
+    assert_same_tree_or_tied(
+        decode(probs), decode_argmax(probs), probs, float64_score_tolerance(tree.n_leaves)
+    )
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from([4, 8]))
@@ -112,15 +122,22 @@ def test_batches_with_masks_are_valid_and_match_single_events(seed, C):
     assert (out[pad] == -1).all()
     for n in range(N):
         real = np.flatnonzero(mask[n])
-        single = decode(probs[n][np.ix_(real, real)])
-        np.testing.assert_array_equal(out[n][np.ix_(real, real)], single)
+        sub = probs[n][np.ix_(real, real)]
+        # The subset sums go through BLAS (tensordot) with shapes that depend on the batch, so
+        # they may round differently: equal trees, unless two trees tie within that rounding.
+        assert_same_tree_or_tied(
+            out[n][np.ix_(real, real)], decode(sub), sub, float64_score_tolerance(len(real))
+        )
 
 
 def test_auto_switches_to_the_approximation_above_ten_leaves():
     probs = random_probs(7, 11, 5, 1.0)
     np.testing.assert_array_equal(decode(probs), decode(probs, method="approx"))
     np.testing.assert_array_equal(decode(probs, exact_max_leaves=11), decode(probs, method="exact"))
-    assert tree_score(decode(probs, method="exact"), probs) >= tree_score(decode(probs), probs)
+    # both trees scored by tree_score; the exact optimum is exact up to the DP's own rounding
+    rounding = float64_score_tolerance(11)
+    exact = tree_score(decode(probs, method="exact"), probs)
+    assert exact >= tree_score(decode(probs), probs) - 2 * rounding
 
 
 def test_argmax_may_be_invalid_and_decode_never_is():
@@ -133,7 +150,8 @@ def test_argmax_may_be_invalid_and_decode_never_is():
 def test_asymmetric_probabilities_are_averaged():
     probs = random_probs(11, 5, 4, 1.0)
     sym = np.exp(0.5 * (np.log(probs) + np.log(probs.transpose(1, 0, 2))))
-    np.testing.assert_array_equal(decode(probs), decode(sym))
+    # log(exp(s)) is s up to an ulp or two: the same tree, unless two trees tie within that
+    assert_same_tree_or_tied(decode(probs), decode(sym), sym, float64_score_tolerance(5))
 
 
 def test_single_leaf_and_two_classes():

@@ -36,6 +36,10 @@ def topologies():
 def test_momentum_and_mass_conservation(engine, topologies, unweight):
     rng = np.random.default_rng(0)
     blocks = generate_events(topologies, [300] * 8, rng, engine, Kinematics(unweight=unweight))
+    # float64 (eps 2.2e-16) through at most 5 decays and boosts of momenta <= 100: sums off by
+    # ~1e-13. A mass from E^2 - p^2 loses a factor (E / m)^2: <= 100 for inner nodes (m >= 10),
+    # <= 1e4 for the lightest leaves (m = 1), so ~1e-14 and ~1e-12 relative; the bounds keep
+    # 2-5 orders of magnitude of room.
     for topology, block in zip(topologies, blocks, strict=True):
         tree = topology.tree
         for node in tree.inner_nodes:
@@ -58,6 +62,7 @@ def test_mother_boost_moves_the_sum(engine, topologies):
     (block,) = generate_events(topologies[:1], [200], np.random.default_rng(1), engine, kin)
     total = block.leaves.sum(axis=1)
     expected = [3.0, -4.0, 12.0, np.sqrt(9 + 16 + 144 + 100.0**2)]
+    # float64 sums of leaves of E <= 101 (~1e-13); the total's mass has (E / m)^2 ~ 1
     np.testing.assert_allclose(total, np.broadcast_to(expected, total.shape), atol=1e-8)
     np.testing.assert_allclose(invariant_mass(total), 100.0, rtol=1e-12)
 
@@ -85,6 +90,7 @@ def test_unweighting_gives_uniform_phase_space(engine):
     error = p_kept.std() / np.sqrt(len(p_kept))
     assert abs(p_kept.mean() - expected) < 4 * error
     assert abs(p_raw.mean() - expected) > 10 * error  # the raw sample really is biased
+    # a unit-mass parent at rest: sums of 3 momenta < 1 in float64, ~1e-16
     np.testing.assert_allclose(kept.sum(axis=1), np.tile([0, 0, 0, 1.0], (40_000, 1)), atol=1e-12)
 
 
@@ -114,6 +120,7 @@ def test_smearing_keeps_leaf_masses():
     masses = np.array([1.0, 2.0, 5.0])
     leaves[..., 3] = np.sqrt(np.square(leaves[..., :3]).sum(-1) + masses**2)
     smeared = smear(leaves, masses, 0.01, rng)
+    # E recomputed from the smeared p in float64; E^2 - p^2 at |p| ~ 30, m >= 1: ~1e-13
     np.testing.assert_allclose(
         invariant_mass(smeared), np.broadcast_to(masses, (1000, 3)), rtol=1e-6
     )

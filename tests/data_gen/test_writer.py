@@ -15,12 +15,13 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from gen_configs import tiny_dict
+from gen_configs import held_generation_command, tiny_dict
 
 from lcag.data_gen.config import load_config
 from lcag.data_gen.shards import TopologyTable, read_manifest
 from lcag.data_gen.writer import generate_dataset
 from lcag.errors import ConfigError, DatasetError
+from lcag.files import TMP_SUFFIX
 from lcag.matrix import permute, tree_to_lcag
 
 SPLITS = ("train", "val", "test", "test_unknown")
@@ -72,6 +73,7 @@ def test_stored_lcag_is_the_topology_under_the_leaf_order(small_dataset):
                                 features[e, :, 3] ** 2 - np.square(features[e, :, :3]).sum(-1), 0
                             )
                         )
+                        # float64: E^2 - p^2 at E <= 100, m >= 1 is good to ~1e-12
                         np.testing.assert_allclose(mass, tree.masses[order], rtol=1e-6, atol=1e-9)
                         np.testing.assert_allclose(features[e].sum(0), [0, 0, 0, 100], atol=1e-9)
                         seen += 1
@@ -94,6 +96,8 @@ def test_normalisation_is_the_train_statistics(small_dataset):
         with h5py.File(small_dataset / shard["file"]) as handle:
             leaves += [handle[k]["features"][()].reshape(-1, 4) for k in handle if k[0] == "L"]
     stacked = np.concatenate(leaves)
+    # the same ~4,000 float64 values summed per shard and in another order here: the means are
+    # ~1e-11 apart (n eps |x|); the std, sqrt(E[x^2] - mean^2), loses at most E[x^2] / var ~ 3
     np.testing.assert_allclose(manifest["normalisation"]["mean"], stacked.mean(0), atol=1e-9)
     np.testing.assert_allclose(manifest["normalisation"]["std"], stacked.std(0), rtol=1e-9)
 
@@ -111,11 +115,12 @@ def test_one_and_two_workers_give_identical_bytes(small_dataset, tmp_path):
 def test_killed_generation_resumes_to_the_same_bytes(small_dataset, tmp_path):
     config = write_config(tmp_path / "small.yaml", tiny_dict())
     out = tmp_path / "killed"
+    # The generation's workers publish train shard 0 only and then stop at the rename of their
+    # next shard (written, checksummed, not yet published): a kill then always lands half-way,
+    # not only when this test happens to look before a fast machine has finished.
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "lcag.data_gen.cli",
+            *held_generation_command(sys.executable),
             "--config",
             str(config),
             "--out",
@@ -128,22 +133,34 @@ def test_killed_generation_resumes_to_the_same_bytes(small_dataset, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 180
-    while not list(out.glob("*/*.h5")) and time.time() < deadline and process.poll() is None:
+    first = out / "train" / "shard-00000.h5"
+
+    def held() -> list[Path]:  # checksummed shards waiting to be renamed into place
+        return [c for c in out.glob("*/*.sha256") if not c.with_suffix(".h5").exists()]
+
+    # Waits for a state, not for a time; the deadline only keeps a broken run from hanging.
+    deadline = time.monotonic() + 600
+    while not (first.exists() and len(held()) == 2) and process.poll() is None:
+        assert time.monotonic() < deadline, "no worker reached its second shard in 600 s"
         time.sleep(0.05)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    partial = sorted(p.name for p in out.rglob(f"*{TMP_SUFFIX}*"))
+    assert len(partial) == 2, partial  # the held shards' temporary files
+    kept = first.stat().st_mtime_ns
     workers = psutil.Process(process.pid).children(recursive=True)
     for worker in workers:
         if "resource_tracker" not in " ".join(worker.cmdline()):
             os.kill(worker.pid, signal.SIGKILL)
             break
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0, "the generation finished before it could be killed"
+    assert process.returncode != 0, "the generation finished although a worker was killed"
     assert "rerun the same command to resume" in stderr
     assert not (out / "manifest.json").exists()
     rerun = run_cli("--config", str(config), "--out", str(out), "--workers", "2")
     assert rerun.returncode == 0, rerun.stderr
+    assert first.stat().st_mtime_ns == kept  # finished before the kill: kept, not redone
     assert checksums(out) == checksums(small_dataset)
-    leftovers = [p.name for p in out.rglob("*") if "partial" in p.name]
+    leftovers = [p.name for p in out.rglob("*") if TMP_SUFFIX in p.name]
     assert leftovers == []
 
 

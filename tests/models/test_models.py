@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from strategies import LOGIT_ATOL
 
 from lcag.errors import InvalidInputError
 from lcag.models import LCAGNRI, LCAGModel, LCAGTransformer, PairHead
@@ -61,7 +62,9 @@ def test_shape_finite_symmetric(model: LCAGModel) -> None:
         logits = run(model, x, mask, pair)
     assert logits.shape == (3, C, 6, 6)
     assert torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, logits.transpose(2, 3), atol=1e-6, rtol=0)
+    # (i, j) and (j, i) get bit-identical inputs, only in other rows of the same matmuls:
+    # equal, up to the rounding of a kernel that treats some rows differently (LOGIT_ATOL)
+    torch.testing.assert_close(logits, logits.transpose(2, 3), atol=LOGIT_ATOL, rtol=0)
 
 
 def test_padding_does_not_change_real_leaves(model: LCAGModel) -> None:
@@ -70,7 +73,8 @@ def test_padding_does_not_change_real_leaves(model: LCAGModel) -> None:
     with torch.no_grad():
         batched = run(model, x, mask, pair)
         alone = run(model, x[:1, :L], mask[:1, :L], pair[:1, :L, :L])
-    torch.testing.assert_close(batched[:1, :, :L, :L], alone, atol=1e-5, rtol=0)
+    # other batch shapes, other float32 kernels: equal up to LOGIT_ATOL, not bit for bit
+    torch.testing.assert_close(batched[:1, :, :L, :L], alone, atol=LOGIT_ATOL, rtol=0)
 
 
 def test_permutation_equivariance(model: LCAGModel) -> None:
@@ -81,7 +85,8 @@ def test_permutation_equivariance(model: LCAGModel) -> None:
         permuted = run(model, x[:, perm], mask[:, perm], pair[:, perm][:, :, perm])
     expected = logits[:, :, perm][:, :, :, perm]
     real = (mask[:, perm, None] & mask[:, None, perm])[:, None].expand_as(expected)
-    torch.testing.assert_close(permuted[real], expected[real], atol=1e-5, rtol=0)
+    # permuted rows reach the kernels in another order: equal up to LOGIT_ATOL
+    torch.testing.assert_close(permuted[real], expected[real], atol=LOGIT_ATOL, rtol=0)
 
 
 def test_config_round_trip(model: LCAGModel) -> None:
@@ -92,7 +97,7 @@ def test_config_round_trip(model: LCAGModel) -> None:
     assert rebuilt.init_args == model.init_args
     rebuilt.load_state_dict(model.state_dict())
     x, mask, pair = random_batch(2, 5, sizes=[5, 3])
-    with torch.no_grad():
+    with torch.no_grad():  # the same weights on the same batch: torch's float32 defaults
         torch.testing.assert_close(run(rebuilt, x, mask, pair), run(model, x, mask, pair))
 
 
@@ -124,7 +129,7 @@ def test_pair_head_symmetric_from_directed_pairs() -> None:
     e = torch.randn(2, 5, 5, 8)  # not symmetric
     logits = PairHead(8, 3).from_pairs(e)
     assert logits.shape == (2, 3, 5, 5)
-    torch.testing.assert_close(logits, logits.transpose(2, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits, logits.transpose(2, 3), atol=LOGIT_ATOL, rtol=0)
 
 
 def random_lcag(L: int, g: torch.Generator) -> torch.Tensor:
