@@ -61,7 +61,9 @@ def train(data: Path, epochs: int, env: dict[str, str], out: Path) -> str:
         "--data.data_dir", str(data), "--trainer.max_epochs", str(epochs),
     ]  # fmt: skip
     clean = {k: v for k, v in os.environ.items() if k not in PINNED_ENV and k not in env}
-    subprocess.run(command, env={**clean, **env}, check=True, capture_output=True, cwd=out)
+    done = subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, cwd=out)
+    if done.returncode != 0:
+        raise SystemExit(f"lcag fit failed under {env}:\n{done.stderr[-3000:]}")
     return weights_hash(out / "runs" / "tiny_transformer" / "checkpoints" / "last.ckpt")
 
 

@@ -57,22 +57,29 @@ def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:
             title=f"{SUBSET_LABELS[subset]}: perfect-tree rate on {info['events']} test events",
             min_width=64,
         )
-        for column in ("leaves", "events", "argmax", "valid tree"):
+        for column in ("leaves", "events", "argmax", "valid tree", "+ mass prior"):
             table.add_column(column, justify="right")
         by_size = info["by_size"]
-        decoded_by_size = by_size.get("perfect_decoded", {})
+        decoded, full = by_size.get("perfect_decoded", {}), by_size.get("perfect_full", {})
         for n, (argmax, events) in sorted(by_size["perfect_argmax"].items()):
-            decoded = decoded_by_size.get(n, (None,))[0]
-            table.add_row(str(n), str(events), f"{argmax:.1%}", _percent(decoded))
+            table.add_row(
+                str(n), str(events), f"{argmax:.1%}",
+                _percent(decoded.get(n, (None,))[0]), _percent(full.get(n, (None,))[0]),
+            )  # fmt: skip
         table.add_row(
             "all", str(info["events"]), f"{info['perfect_argmax']:.1%}",
-            _percent(info.get("perfect_decoded")), style="bold",
+            _percent(info.get("perfect_decoded")), _percent(info.get("perfect_full")),
+            style="bold",
         )  # fmt: skip
         tables.append(table)
     return tables
 
 
-CAPTION = "argmax: each pair's likeliest class alone; valid tree: the likeliest decay tree"
+CAPTION = (
+    "argmax: each leaf pair's likeliest class on its own (may be no tree)\n"
+    "valid tree: the likeliest decay tree from the pair scores alone\n"
+    "+ mass prior: the likeliest decay tree with each node's mass evidence (the full method)"
+)
 
 
 def _percent(rate: float | None) -> str:

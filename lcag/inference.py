@@ -23,9 +23,11 @@ import torch
 
 from lcag.checkpoints import load_checkpoint
 from lcag.console import one_line
-from lcag.decode import decode, tree_score
+from lcag.decode import decode, log_partition, tree_score
+from lcag.decode import top_k as lcag_top_k
 from lcag.errors import CheckpointError
 from lcag.events import as_padded
+from lcag.evidence.mass_prior import MAX_PRIOR_LEAVES, MassPrior
 from lcag.features import check_pair_features, normalise, pair_features
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
@@ -41,7 +43,12 @@ class Reconstruction:
     Attributes:
         lcag: ``(L, L)`` int64, the decoded LCAG (always a valid one).
         probs: ``(L, L, C)`` per-pair class probabilities from the model.
-        score: the tree's score, the sum over pairs of log-probabilities.
+        score: the tree's score: the sum over pairs of log-probabilities, plus the weighted
+            node evidence of its inner nodes when the model has some.
+        probability: the tree's probability among all valid trees, ``exp(score - log Z)``
+            (:func:`lcag.decode.log_partition`); NaN above ``EXACT_MAX_LEAVES`` leaves.
+        alternatives: with ``top_k = k``, the ``k`` most probable trees as
+            ``(lcag, probability)``, best first (the first is ``lcag``); else empty.
         tree: the decay tree the LCAG describes (leaf ``k`` is the event's ``k``-th
             particle), built on first access.
     """
@@ -49,6 +56,8 @@ class Reconstruction:
     lcag: np.ndarray
     probs: np.ndarray
     score: float
+    probability: float = float("nan")
+    alternatives: tuple[tuple[np.ndarray, float], ...] = ()
 
     @cached_property
     def tree(self) -> DecayTree:
@@ -64,6 +73,8 @@ class Reconstructor:
         pair_features: the pair features the model was trained with.
         max_leaves: the largest event accepted.
         device: where the model runs.
+        mass_prior: node evidence (:class:`lcag.evidence.MassPrior`), or ``None``.
+        node_weight: the weight of the node evidence, chosen on validation in training.
     """
 
     def __init__(
@@ -74,6 +85,8 @@ class Reconstructor:
         pair_features: Sequence[str] = (),
         max_leaves: int = 64,
         device: str = "cpu",
+        mass_prior: MassPrior | None = None,
+        node_weight: float = 0.0,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -82,6 +95,8 @@ class Reconstructor:
         self.pair_names = check_pair_features(pair_features)
         self.max_leaves = max_leaves
         self.n_features = int(model.init_args.get("n_features", 4))
+        self.mass_prior = mass_prior if mass_prior is not None and mass_prior.fitted else None
+        self.node_weight = float(node_weight)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Reconstructor:
@@ -97,6 +112,13 @@ class Reconstructor:
         try:
             model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
             mean, std = state["feature_mean"], state["feature_std"]
+            prior = None
+            if hparams.get("node_evidence", "none") != "none" and "mass_prior_edges" in state:
+                prior = MassPrior(
+                    state["mass_prior_edges"].cpu().numpy(),
+                    state["mass_prior_log_odds"].cpu().numpy(),
+                )
+            weight = float(state["node_weight"]) if "node_weight" in state else 0.0
         except (RuntimeError, KeyError) as exc:
             raise CheckpointError(
                 f"{path}: weights do not fit the stored model configuration ({one_line(exc)})"
@@ -108,6 +130,8 @@ class Reconstructor:
             pair_features=hparams.get("pair_features") or [],
             max_leaves=int(hparams.get("max_leaves", 64)),
             device=device,
+            mass_prior=prior,
+            node_weight=weight,
         )
 
     @torch.inference_mode()
@@ -119,6 +143,13 @@ class Reconstructor:
         logits = self.model(normalise(xt, mt, self.feature_mean, self.feature_std), mt, pair)
         return logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
 
+    def node_scores(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+        """Weighted node evidence ``(N, 2^L)`` for ``x (N, L, 4)``, or ``None`` when the model
+        has none (or ``L`` is too large for node scores)."""
+        if self.mass_prior is None or self.node_weight == 0 or x.shape[1] > MAX_PRIOR_LEAVES:
+            return None
+        return self.node_weight * self.mass_prior.node_scores(x[..., :4], mask)
+
     def reconstruct(
         self,
         leaves: Any,
@@ -126,6 +157,8 @@ class Reconstructor:
         *,
         batch_size: int = 1024,
         method: str = "auto",
+        node_evidence: bool = True,
+        top_k: int = 1,
     ) -> list[Reconstruction]:
         """Reconstruct the decay tree of every event.
 
@@ -135,6 +168,10 @@ class Reconstructor:
             mask: ``(N, L)`` bool, ``True`` for real leaves (arrays only).
             batch_size: events per model call.
             method: decoding method of :func:`lcag.decode` (``auto``, ``exact``, ``approx``).
+            node_evidence: add the model's node evidence (its mass prior, at the weight
+                chosen on validation) to the pair scores; ``False`` decodes from pairs alone.
+            top_k: also return the ``top_k`` most probable trees (``Reconstruction.
+                alternatives``), exactly up to ``EXACT_MAX_LEAVES`` leaves.
 
         Returns:
             One :class:`Reconstruction` per event, in order.
@@ -152,12 +189,24 @@ class Reconstructor:
             size = max(int(mask[events].sum(1).max()), 1)
             xb, mb = x[events, :size], mask[events, :size]
             probs = self.probabilities(xb, mb)
-            decoded = decode(probs, mb, method=method)
-            scores = tree_score(decoded, probs, mb)
+            nodes = self.node_scores(xb, mb) if node_evidence else None
+            decoded = decode(probs, mb, node_scores=nodes, method=method)
+            scores = tree_score(decoded, probs, mb, node_scores=nodes)
+            log_z = log_partition(probs, mb, node_scores=nodes)
+            best = lcag_top_k(probs, top_k, mb, node_scores=nodes) if top_k > 1 else None
             for k, event in enumerate(events):
                 real = np.flatnonzero(mb[k])
-                matrix = decoded[k][np.ix_(real, real)]
+                alternatives = ()
+                if best is not None:
+                    alternatives = tuple(
+                        (M[np.ix_(real, real)], float(np.exp(score - log_z[k])))
+                        for M, score in best[k]
+                    )
                 out[int(event)] = Reconstruction(
-                    lcag=matrix, probs=probs[k][np.ix_(real, real)], score=float(scores[k])
+                    lcag=decoded[k][np.ix_(real, real)],
+                    probs=probs[k][np.ix_(real, real)],
+                    score=float(scores[k]),
+                    probability=float(np.exp(scores[k] - log_z[k])),
+                    alternatives=alternatives,
                 )
         return [out[i] for i in range(len(x))]

@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lcag.checkpoints import load_checkpoint
+from lcag.data import LCAGDataset
 from lcag.decode import decode
 from lcag.errors import ConfigError
+from lcag.evidence.mass_prior import MAX_PRIOR_LEAVES, MassPrior
 from lcag.features import check_pair_features, normalise, pair_features
 from lcag.metrics import PairAccuracy, PerfectTreeRate, ValidTreeRate
 from lcag.models.base import LCAGModel
@@ -26,6 +29,7 @@ from lcag.models.base import LCAGModel
 __all__ = ["LCAGModule"]
 
 TEST_SUBSETS = ("test", "test_unseen")  # test dataloader 0: known topologies, 1: unseen
+DEFAULT_NODE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class LCAGModule(pl.LightningModule):
@@ -44,6 +48,14 @@ class LCAGModule(pl.LightningModule):
             the model's ``n_pair_features`` must match their number.
         decode_at_eval: also score valid-tree decoding (``lcag.decode``) at validation/test.
         max_leaves: the largest leaf count reported per size.
+        node_evidence: ``mass_prior`` adds :class:`lcag.evidence.MassPrior` node scores
+            (learnt from the training split at the start of fitting, kept in buffers so it
+            travels in the checkpoint) to valid-tree decoding, ``none`` decodes from pair
+            scores alone. Reported as ``perfect_full``.
+        node_weights: the weights of the node scores tried on the validation split; the best
+            is kept in the ``node_weight`` buffer (ties go to the smaller weight).
+        mass_prior_bins: log-mass bins of the prior.
+        mass_prior_events: training events the prior is counted from (spread over the split).
     """
 
     def __init__(
@@ -58,6 +70,10 @@ class LCAGModule(pl.LightningModule):
         pair_features: list[str] | None = None,
         decode_at_eval: bool = True,
         max_leaves: int = 64,
+        node_evidence: Literal["mass_prior", "none"] = "mass_prior",
+        node_weights: list[float] | None = None,
+        mass_prior_bins: int = 400,
+        mass_prior_events: int = 50_000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -91,11 +107,22 @@ class LCAGModule(pl.LightningModule):
                         "perfect_decoded": PerfectTreeRate(max_leaves),
                         "pair_accuracy": PairAccuracy(),
                         "valid_argmax": ValidTreeRate(),
+                        "perfect_full": PerfectTreeRate(max_leaves),
                     }
                 )
                 for subset in ("train", "val", "test", "test_unseen")
             }
         )
+        if node_evidence not in ("mass_prior", "none"):
+            raise ConfigError(
+                f"node_evidence: expected 'mass_prior' or 'none', got {node_evidence!r}"
+            )
+        self.node_weights = [float(w) for w in (node_weights or DEFAULT_NODE_WEIGHTS)]
+        self.weight_metrics = nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.node_weights)
+        empty = MassPrior.empty(mass_prior_bins)
+        self.register_buffer("mass_prior_edges", torch.from_numpy(empty.edges))
+        self.register_buffer("mass_prior_log_odds", torch.from_numpy(empty.log_odds))
+        self.register_buffer("node_weight", torch.tensor(0.0, dtype=torch.float64))
         self.results: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------ forward
@@ -117,6 +144,23 @@ class LCAGModule(pl.LightningModule):
             mean, std = datamodule.normalisation
             self.feature_mean.copy_(torch.tensor(mean))
             self.feature_std.copy_(torch.clamp(torch.tensor(std), min=1e-6))
+        wants_prior = self.hparams.node_evidence == "mass_prior"
+        if stage == "fit" and wants_prior and not self.mass_prior.fitted:
+            train = LCAGDataset(
+                datamodule.data_dir, "train", max_events=self.hparams.mass_prior_events
+            )
+            prior = MassPrior.fit(
+                train.__getitems__(range(len(train))), n_bins=self.hparams.mass_prior_bins
+            )
+            self.mass_prior_edges.copy_(torch.from_numpy(prior.edges))
+            self.mass_prior_log_odds.copy_(torch.from_numpy(prior.log_odds))
+
+    @property
+    def mass_prior(self) -> MassPrior:
+        """The node-evidence prior held in the buffers (all zeros until fitted)."""
+        return MassPrior(
+            self.mass_prior_edges.cpu().numpy(), self.mass_prior_log_odds.cpu().numpy()
+        )
 
     # -------------------------------------------------------------------------- steps
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -149,8 +193,7 @@ class LCAGModule(pl.LightningModule):
         if subset != "train":
             metrics["valid_argmax"].update(pred, mask)
             if self.hparams.decode_at_eval:
-                decoded = self.decode(logits, mask)
-                metrics["perfect_decoded"].update(decoded, target, n_leaves)
+                self._decode_step(logits, batch, subset)
         self.log(
             f"{subset}/loss",
             loss,
@@ -163,9 +206,47 @@ class LCAGModule(pl.LightningModule):
         )
         return loss
 
+    def _decode_step(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], subset: str
+    ) -> None:
+        """Score valid-tree decoding from pair scores alone and with node evidence (at each
+        candidate weight on validation, at the chosen weight on test)."""
+        mask, target, n_leaves = batch["mask"], batch["target"], batch["n_leaves"]
+        metrics = self.metrics[f"{subset}_set"]
+        probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
+        mask_np = mask.cpu().numpy()
+        pair_only = torch.from_numpy(decode(probs, mask_np)).to(logits.device)
+        metrics["perfect_decoded"].update(pair_only, target, n_leaves)
+        nodes = self.node_scores(batch["x"], mask)
+        if nodes is None:
+            metrics["perfect_full"].update(pair_only, target, n_leaves)
+            for metric in self.weight_metrics if subset == "val" else ():
+                metric.update(pair_only, target, n_leaves)
+            return
+        if subset == "val":
+            for weight, metric in zip(self.node_weights, self.weight_metrics, strict=True):
+                full = decode(probs, mask_np, node_scores=weight * nodes) if weight else None
+                metric.update(
+                    pair_only if full is None else torch.from_numpy(full).to(logits.device),
+                    target,
+                    n_leaves,
+                )
+        full = decode(probs, mask_np, node_scores=float(self.node_weight) * nodes)
+        metrics["perfect_full"].update(torch.from_numpy(full).to(logits.device), target, n_leaves)
+
+    def node_scores(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
+        """Unweighted node scores ``(B, 2^L)`` of a batch ``x (B, L, 4)``, or ``None`` (no
+        node evidence, or events too large for node scores)."""
+        if self.hparams.node_evidence == "none" or x.shape[1] > MAX_PRIOR_LEAVES:
+            return None
+        return self.mass_prior.node_scores(
+            x.detach().cpu().numpy().astype(np.float64), mask.cpu().numpy()
+        )
+
     @torch.no_grad()
     def decode(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The most probable valid LCAG ``(B, L, L)`` (padding -1) from logits ``(B, C, L, L)``."""
+        """The most probable valid LCAG ``(B, L, L)`` (padding -1) from logits ``(B, C, L, L)``,
+        from pair scores alone."""
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
         decoded = decode(probs, mask.cpu().numpy())
         return torch.from_numpy(decoded).to(logits.device)
@@ -200,9 +281,12 @@ class LCAGModule(pl.LightningModule):
         if subset != "train":
             names.append("valid_argmax")
             if self.hparams.decode_at_eval:
-                names.append("perfect_decoded")
-        values = {f"{subset}/{name}": metrics[name].compute() for name in names}
-        headline = names[-1] if names[-1] == "perfect_decoded" else "perfect_argmax"
+                names += ["perfect_decoded", "perfect_full"]
+        values: dict[str, torch.Tensor] = {}
+        if subset == "val" and self.hparams.decode_at_eval:
+            self._choose_node_weight(values)
+        values.update({f"{subset}/{name}": metrics[name].compute() for name in names})
+        headline = names[-1] if names[-1] == "perfect_full" else "perfect_argmax"
         by_size = {}
         for name in (n for n in names if n.startswith("perfect")):
             with metrics[name].sync_context():  # all ranks' counts, under DDP
@@ -216,6 +300,20 @@ class LCAGModule(pl.LightningModule):
             "events": int(metrics["perfect_argmax"].total.sum()),
         }
         for metric in metrics.values():
+            metric.reset()
+
+    def _choose_node_weight(self, values: dict[str, torch.Tensor]) -> None:
+        """Keep the node weight with the best validation rate; the rate at that weight is
+        then this epoch's ``val/perfect_full``."""
+        rates = [float(metric.compute()) for metric in self.weight_metrics]
+        best = max(range(len(rates)), key=lambda k: (rates[k], -self.node_weights[k]))
+        self.node_weight.fill_(self.node_weights[best])
+        metrics = self.metrics["val_set"]
+        metrics["perfect_full"].reset()  # refilled from the chosen weight's counts
+        metrics["perfect_full"].correct += self.weight_metrics[best].correct
+        metrics["perfect_full"].total += self.weight_metrics[best].total
+        values["val/node_weight"] = self.node_weight.float()
+        for metric in self.weight_metrics:
             metric.reset()
 
     def on_train_epoch_end(self) -> None:

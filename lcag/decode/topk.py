@@ -6,7 +6,8 @@ A valid LCAG is one tree, so the trees are split by their matrix entries: after 
 one constrained exact decode, and a heap yields the trees best first. A forbidden class gets a
 score below twice the largest score magnitude any tree can reach: low enough that every
 allowed tree beats every tree using it, yet finite and small enough that the decoder's subset
-sums (which subtract sums of scores) keep their precision. Cost: up to ``L (L - 1) / 2`` exact decodes per tree returned, batched.
+sums (which subtract sums of scores) keep their precision. Cost: up to ``L (L - 1) / 2``
+exact decodes per tree returned, batched.
 """
 
 from __future__ import annotations
