@@ -5,6 +5,8 @@ Run: ``python benchmarks/bench_decode.py [--events 1000] [--classes 8]``
 Exact decoding at L = 6, 8, 10 and the dendrogram approximation at L = 14, each on a batch of
 noisy model-like probabilities (a random tree's one-hot LCAG mixed with Dirichlet noise) and on
 pure Dirichlet noise (the hardest case: no tree stands out). Argmax decoding is shown for scale.
+Then, at L = 6, 8, 10: exact decoding with node scores (normal, sd 2, per leaf set), the exact
+log-partition over all valid trees, and the five best trees (``top_k``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,20 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lcag import decode, decode_argmax, is_valid_lcag, tree_score, tree_to_lcag  # noqa: E402
+from lcag import (  # noqa: E402
+    decode,
+    decode_argmax,
+    is_valid_lcag,
+    log_partition,
+    top_k,
+    tree_score,
+    tree_to_lcag,
+)
 from lcag.tree import random_tree  # noqa: E402
 
 
@@ -41,6 +53,13 @@ def measure(probs: np.ndarray, method: str, repeats: int = 3) -> tuple[float, bo
         best = min(best, time.perf_counter() - start)
     valid = bool(is_valid_lcag(out).all())
     return len(probs) / best, valid
+
+
+def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
+    """Seconds one call takes."""
+    start = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -64,6 +83,23 @@ def main() -> None:
         ):
             rate, valid = measure(probs, method)
             print(f"{method:<8} {L:>3} {name:<11} {rate:>10.0f} {1000 / rate:>9.3f} {valid}")
+
+    print("# with node scores (model-like pair inputs); top-5 on a tenth of the events")
+    print(f"{'L':>3} {'decode ms/event':>16} {'log Z ms/event':>15} {'top-5 ms/event':>15}")
+    for L in (6, 8, 10):
+        probs = model_like_probs(rng, args.events, L, args.classes)
+        nodes = rng.normal(scale=2.0, size=(args.events, 1 << L))
+        decode(probs[:2], node_scores=nodes[:2])  # compile
+        log_partition(probs[:2], node_scores=nodes[:2])
+        tenth = len(probs) // 10
+        times = [
+            timed(decode, probs, node_scores=nodes),
+            timed(log_partition, probs, node_scores=nodes),
+            timed(top_k, probs[:tenth], 5, node_scores=nodes[:tenth]),
+        ]
+        per = [1000 * times[0] / len(probs), 1000 * times[1] / len(probs)]
+        per.append(1000 * times[2] / tenth)
+        print(f"{L:>3} {per[0]:>16.3f} {per[1]:>15.3f} {per[2]:>15.2f}")
 
     print("# approximation quality at L = 10: share of events where it finds the exact optimum")
     for name, probs in (

@@ -4,9 +4,12 @@
         --split test test_unknown --out reports/tiny
 
 Writes ``report.json``, ``report.md`` and PNG plots to ``--out``: the perfect-tree rate against
-leaf count and against depth for the model with argmax, the model with valid-tree decoding,
-and the baseline; the model's LCAG confusion matrix; three example events, true vs predicted
-trees. Known (``test``) and unseen (``test_unknown``) topologies are reported separately.
+leaf count and against depth for the model with argmax, with valid-tree decoding from the pair
+scores alone, with valid-tree decoding and the mass prior (the full method), and the baseline,
+all on the same events; the model's LCAG confusion matrix; the reliability of the full
+method's tree probabilities (and their expected calibration error); three example events,
+true vs predicted trees. Known (``test``) and unseen (``test_unknown``) topologies are reported
+separately.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import numpy as np
 from lcag.baselines import CombinatorialBaseline
 from lcag.console import run_console
 from lcag.data import LCAGDataset, collate
-from lcag.decode import decode
+from lcag.decode import decode, log_partition, tree_score
 from lcag.inference import Reconstructor
 
 __all__ = ["baseline_for", "evaluate", "main"]
 
-METHODS = ("argmax", "decoded", "baseline")
+METHODS = ("argmax", "decoded", "full", "baseline")
+CALIBRATION_BINS = 10
 
 
 def evaluate(
@@ -61,12 +65,13 @@ def evaluate(
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     (out / "report.md").write_text(_markdown(report))
-    from lcag.plots import plot_confusion, plot_examples, plot_rates
+    from lcag.plots import plot_confusion, plot_examples, plot_rates, plot_reliability
 
     plot_rates(report, "leaves", out / "perfect_vs_leaves.png")
     plot_rates(report, "depth", out / "perfect_vs_depth.png")
     plot_confusion(report, out / "confusion.png")
     plot_examples(examples[:3], out / "examples.png")
+    plot_reliability(report, out / "reliability.png")
     return report
 
 
@@ -97,6 +102,7 @@ def _evaluate_split(
 ) -> dict[str, Any]:
     n_classes = None
     perfect = {m: [] for m in METHODS}
+    probabilities: list[float] = []
     sizes, event_depths = [], []
     confusion = None
     examples = []
@@ -109,6 +115,12 @@ def _evaluate_split(
         n_classes = probs.shape[-1]
         argmax = probs.argmax(-1)
         decoded = decode(probs, mask)
+        nodes = reco.node_scores(x, mask)
+        full = decode(probs, mask, node_scores=nodes)
+        log_probability = tree_score(full, probs, mask, node_scores=nodes) - log_partition(
+            probs, mask, node_scores=nodes
+        )
+        tree_probability = np.exp(np.minimum(log_probability, 0.0))  # log Z >= score, rounded
         if confusion is None:
             confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         valid = target >= 0
@@ -126,12 +138,14 @@ def _evaluate_split(
             d = decoded[k][np.ix_(real, real)]
             perfect["argmax"].append(np.array_equal(a, truth))
             perfect["decoded"].append(np.array_equal(d, truth))
+            perfect["full"].append(np.array_equal(full[k][np.ix_(real, real)], truth))
+            probabilities.append(float(tree_probability[k]))
             b = by_baseline.get(k)
             perfect["baseline"].append(None if b is None else np.array_equal(b, truth))
             sizes.append(n)
             event_depths.append(int(depths[event["topology"]]))
-            if len(examples) < 3 and n >= 4 and not perfect["decoded"][-1]:
-                examples.append((dataset.split, truth, d))
+            if len(examples) < 3 and n >= 4 and not perfect["full"][-1]:
+                examples.append((dataset.split, truth, full[k][np.ix_(real, real)]))
     sizes_arr, depth_arr = np.array(sizes), np.array(event_depths)
     result: dict[str, Any] = {"events": len(sizes), "overall": {}, "leaves": {}, "depth": {}}
     for method in METHODS:
@@ -142,8 +156,39 @@ def _evaluate_split(
             for v in np.unique(values):
                 result[key][method][str(int(v))] = _rate(flags[values == v])
     result["confusion"] = confusion.tolist() if confusion is not None else []
+    result["calibration"] = calibration(np.array(probabilities), np.array(perfect["full"]))
     result["examples"] = examples
     return result
+
+
+def calibration(
+    probability: np.ndarray, perfect: np.ndarray, n_bins: int = CALIBRATION_BINS
+) -> dict[str, Any]:
+    """Reliability of the tree probabilities: events binned by probability.
+
+    Args:
+        probability: ``(N,)`` each decoded tree's probability (NaN where not computed).
+        perfect: ``(N,)`` bool, whether that tree is the true one.
+
+    Returns:
+        ``ece`` (expected calibration error: the event-weighted mean over bins of
+        ``|perfect rate - mean probability|``), and per bin its range, events, mean
+        probability and perfect rate.
+    """
+    known = np.isfinite(probability)
+    probability, perfect = probability[known], perfect[known].astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.digitize(probability, edges[1:-1]), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        inside = index == b
+        if not inside.any():
+            continue
+        mean, rate = float(probability[inside].mean()), float(perfect[inside].mean())
+        ece += inside.sum() / max(len(probability), 1) * abs(rate - mean)
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]),
+                     "events": int(inside.sum()), "probability": mean, "rate": rate})  # fmt: skip
+    return {"ece": float(ece), "events": len(probability), "bins": bins}
 
 
 def _rate(flags: np.ndarray) -> dict[str, float | int]:
@@ -157,8 +202,11 @@ def _markdown(report: dict[str, Any]) -> str:
     for split, result in report["splits"].items():
         label = "unseen topologies" if split == "test_unknown" else "known topologies"
         lines.append(f"## {split} ({label}, {result['events']} events)\n")
-        lines.append("| leaves | model, argmax | model, valid-tree decoding | baseline |")
-        lines.append("|---:|---:|---:|---:|")
+        lines.append(
+            "| leaves | model, argmax | model, valid tree (pairs only) | "
+            "model, valid tree + mass prior | baseline |"
+        )
+        lines.append("|---:|---:|---:|---:|---:|")
         for n in sorted(result["leaves"]["argmax"], key=int):
             cells = []
             for method in METHODS:
@@ -169,6 +217,12 @@ def _markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         overall = [f"**{result['overall'][m]['rate']:.1%}**" for m in METHODS]
         lines.append("| all | " + " | ".join(overall) + " |\n")
+        cal = result["calibration"]
+        lines.append(
+            f"Tree probability of the full method: expected calibration error "
+            f"{cal['ece']:.3f} over {cal['events']} events ({CALIBRATION_BINS} bins; "
+            f"`reliability.png`).\n"
+        )
     baseline = report["baseline"]
     lines.append(
         f"Baseline: invariant-mass matching to {len(baseline['masses'])} intermediate masses, "

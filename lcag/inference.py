@@ -199,14 +199,14 @@ class Reconstructor:
                 alternatives = ()
                 if best is not None:
                     alternatives = tuple(
-                        (M[np.ix_(real, real)], float(np.exp(score - log_z[k])))
+                        (M[np.ix_(real, real)], float(np.exp(min(score - log_z[k], 0.0))))
                         for M, score in best[k]
                     )
                 out[int(event)] = Reconstruction(
                     lcag=decoded[k][np.ix_(real, real)],
                     probs=probs[k][np.ix_(real, real)],
                     score=float(scores[k]),
-                    probability=float(np.exp(scores[k] - log_z[k])),
+                    probability=float(np.exp(min(scores[k] - log_z[k], 0.0))),  # rounding
                     alternatives=alternatives,
                 )
         return [out[i] for i in range(len(x))]

@@ -219,8 +219,7 @@ class LCAGModule(pl.LightningModule):
         metrics["perfect_decoded"].update(pair_only, target, n_leaves)
         nodes = self.node_scores(batch["x"], mask)
         if nodes is None:
-            metrics["perfect_full"].update(pair_only, target, n_leaves)
-            for metric in self.weight_metrics if subset == "val" else ():
+            for metric in self.weight_metrics if subset == "val" else [metrics["perfect_full"]]:
                 metric.update(pair_only, target, n_leaves)
             return
         if subset == "val":
@@ -231,6 +230,7 @@ class LCAGModule(pl.LightningModule):
                     target,
                     n_leaves,
                 )
+            return
         full = decode(probs, mask_np, node_scores=float(self.node_weight) * nodes)
         metrics["perfect_full"].update(torch.from_numpy(full).to(logits.device), target, n_leaves)
 
@@ -244,11 +244,21 @@ class LCAGModule(pl.LightningModule):
         )
 
     @torch.no_grad()
-    def decode(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The most probable valid LCAG ``(B, L, L)`` (padding -1) from logits ``(B, C, L, L)``,
-        from pair scores alone."""
+    def decode(
+        self,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        x: torch.Tensor | None = None,
+        node_evidence: bool = False,
+    ) -> torch.Tensor:
+        """The most probable valid LCAG ``(B, L, L)`` (padding -1) from logits ``(B, C, L, L)``:
+        from pair scores alone, or with ``node_evidence`` (needs the leaves ``x (B, L, 4)``)
+        the full method, the node scores at the chosen ``node_weight``."""
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
-        decoded = decode(probs, mask.cpu().numpy())
+        nodes = self.node_scores(x, mask) if node_evidence and x is not None else None
+        if nodes is not None:
+            nodes = float(self.node_weight) * nodes
+        decoded = decode(probs, mask.cpu().numpy(), node_scores=nodes)
         return torch.from_numpy(decoded).to(logits.device)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -269,14 +279,14 @@ class LCAGModule(pl.LightningModule):
         return {
             "probs": logits.softmax(dim=1).permute(0, 2, 3, 1),
             "argmax": _as_lcag(logits.argmax(dim=1), batch["mask"]),
-            "decoded": self.decode(logits, batch["mask"]),
+            "decoded": self.decode(logits, batch["mask"], batch["x"], node_evidence=True),
             "mask": batch["mask"],
         }
 
     # -------------------------------------------------------------------- epoch ends
     def _finish(self, subset: str) -> None:
         """Log the subset's epoch metrics (overall and per leaf count) and keep them."""
-        metrics = self.metrics[f"{subset}_set"]
+        metrics = dict(self.metrics[f"{subset}_set"])
         names = ["perfect_argmax", "pair_accuracy"]
         if subset != "train":
             names.append("valid_argmax")
@@ -284,7 +294,8 @@ class LCAGModule(pl.LightningModule):
                 names += ["perfect_decoded", "perfect_full"]
         values: dict[str, torch.Tensor] = {}
         if subset == "val" and self.hparams.decode_at_eval:
-            self._choose_node_weight(values)
+            metrics["perfect_full"] = self._choose_node_weight()
+            values["val/node_weight"] = self.node_weight.float()
         values.update({f"{subset}/{name}": metrics[name].compute() for name in names})
         headline = names[-1] if names[-1] == "perfect_full" else "perfect_argmax"
         by_size = {}
@@ -299,22 +310,16 @@ class LCAGModule(pl.LightningModule):
             "by_size": by_size,
             "events": int(metrics["perfect_argmax"].total.sum()),
         }
-        for metric in metrics.values():
+        for metric in [*self.metrics[f"{subset}_set"].values(), *self.weight_metrics]:
             metric.reset()
 
-    def _choose_node_weight(self, values: dict[str, torch.Tensor]) -> None:
-        """Keep the node weight with the best validation rate; the rate at that weight is
-        then this epoch's ``val/perfect_full``."""
+    def _choose_node_weight(self) -> PerfectTreeRate:
+        """Keep the node weight with the best validation rate (ties: the smaller weight) in
+        the ``node_weight`` buffer; its metric gives this epoch's ``val/perfect_full``."""
         rates = [float(metric.compute()) for metric in self.weight_metrics]
         best = max(range(len(rates)), key=lambda k: (rates[k], -self.node_weights[k]))
         self.node_weight.fill_(self.node_weights[best])
-        metrics = self.metrics["val_set"]
-        metrics["perfect_full"].reset()  # refilled from the chosen weight's counts
-        metrics["perfect_full"].correct += self.weight_metrics[best].correct
-        metrics["perfect_full"].total += self.weight_metrics[best].total
-        values["val/node_weight"] = self.node_weight.float()
-        for metric in self.weight_metrics:
-            metric.reset()
+        return self.weight_metrics[best]
 
     def on_train_epoch_end(self) -> None:
         self._finish("train")

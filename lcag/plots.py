@@ -9,13 +9,16 @@ import numpy as np
 
 from lcag.matrix import lcag_to_tree
 
-__all__ = ["plot_confusion", "plot_examples", "plot_rates"]
+__all__ = ["plot_confusion", "plot_examples", "plot_rates", "plot_reliability"]
 
 LABELS = {
     "argmax": "model, argmax",
-    "decoded": "model, valid-tree decoding",
+    "decoded": "model, valid tree (pairs only)",
+    "full": "model, valid tree + mass prior",
     "baseline": "invariant-mass baseline",
 }
+
+COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:red")
 
 
 def _pyplot() -> Any:
@@ -33,7 +36,7 @@ def plot_rates(report: dict[str, Any], by: str, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
     styles = {"test": "-", "test_unknown": "--"}
     for split, result in report["splits"].items():
-        for method, color in zip(LABELS, ("tab:blue", "tab:green", "tab:red"), strict=True):
+        for method, color in zip(LABELS, COLORS, strict=True):
             points = sorted(
                 (int(k), v["rate"]) for k, v in result[by][method].items() if v["events"]
             )
@@ -92,6 +95,30 @@ def plot_examples(examples: list[tuple[str, np.ndarray, np.ndarray]], path: Path
         axes[0][0].axis("off")
         axes[0][1].axis("off")
         axes[0][0].text(0, 0.5, "every event was reconstructed perfectly", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_reliability(report: dict[str, Any], path: Path) -> None:
+    """Perfect-tree rate against the full method's tree probability, per split."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.8, 4.4))
+    axis.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    for split, result in report["splits"].items():
+        cal = result["calibration"]
+        if not cal["bins"]:
+            continue
+        xs = [b["probability"] for b in cal["bins"]]
+        ys = [b["rate"] for b in cal["bins"]]
+        known = "known" if split == "test" else "unseen" if split == "test_unknown" else split
+        axis.plot(xs, ys, "o-", label=f"{known} (ECE {cal['ece']:.3f}, {cal['events']} events)")
+    axis.set_xlabel("tree probability (bin mean)")
+    axis.set_ylabel("perfect trees in the bin")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

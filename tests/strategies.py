@@ -43,19 +43,28 @@ def float32_score_tolerance(n_leaves: int) -> float:
 
 
 def assert_same_tree_or_tied(
-    got: np.ndarray, expected: np.ndarray, probs: np.ndarray, score_rounding: float
+    got: np.ndarray,
+    expected: np.ndarray,
+    probs: np.ndarray,
+    score_rounding: float,
+    *,
+    node_scores: np.ndarray | None = None,
 ) -> None:
     """``got == expected``, or else a tie. Decoding picks the best-scoring tree, so inputs
     equal up to rounding give the same tree unless two trees score within that rounding of
     each other; then either tree is a right answer. ``score_rounding`` bounds how far any
     tree's score differs between the two computations; each tree is the best under its own,
-    so under ``probs`` their scores differ by at most twice that."""
+    so under ``probs`` (and ``node_scores``, if both were decoded with them) their scores
+    differ by at most twice that."""
     got, expected = np.asarray(got), np.asarray(expected)
     if np.array_equal(got, expected):
         return
     assert got.shape == expected.shape, (got.shape, expected.shape)
     assert is_valid_lcag(got), got
-    gap = abs(float(tree_score(got, probs)) - float(tree_score(expected, probs)))
+    gap = abs(
+        float(tree_score(got, probs, node_scores=node_scores))
+        - float(tree_score(expected, probs, node_scores=node_scores))
+    )
     assert gap <= 2 * score_rounding, (
         f"different trees whose scores differ by {gap:.3g} > 2 x {score_rounding:.3g}:\n"
         f"{got}\n{expected}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import EPS64, MAX_LOG_SCORE, n_pairs
+from strategies import EPS64, MAX_LOG_SCORE, assert_same_tree_or_tied, n_pairs
 from test_decode import all_valid_lcags
 
 from lcag import InvalidInputError, decode, is_valid_lcag, log_partition, top_k, tree_score
@@ -52,11 +52,12 @@ def brute_force_scores(probs: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray
 @given(events())
 def test_exact_decoding_with_node_scores_is_the_brute_force_optimum(event):
     probs, nodes, scale = event
-    trees, scores = brute_force_scores(probs, nodes)
+    _, scores = brute_force_scores(probs, nodes)
     best = decode(probs, node_scores=nodes, method="exact")
     assert is_valid_lcag(best)
     tolerance = node_tolerance(len(probs), scale)
-    assert tree_score(best, probs, node_scores=nodes) >= scores.max() - tolerance
+    # both sides round by up to the tolerance
+    assert tree_score(best, probs, node_scores=nodes) >= scores.max() - 2 * tolerance
 
 
 @given(events())
@@ -125,12 +126,17 @@ def test_batches_with_padding_read_node_scores_by_original_leaf():
         n = len(real)
         if n < 2:
             continue
-        sub = np.array(
-            [nodes[e, sum(1 << int(real[k]) for k in range(n) if s >> k & 1)] for s in range(1 << n)]
-        )
+        bits = [sum(1 << int(real[k]) for k in range(n) if s >> k & 1) for s in range(1 << n)]
+        sub = nodes[e, bits]
         alone = probs[e][np.ix_(real, real)]
-        np.testing.assert_array_equal(
-            decoded[e][np.ix_(real, real)], decode(alone, node_scores=sub)
+        # the subset sums' float64 rounding depends on the batch's shape (BLAS): equal trees,
+        # or two that tie within that rounding
+        assert_same_tree_or_tied(
+            decoded[e][np.ix_(real, real)],
+            decode(alone, node_scores=sub),
+            alone,
+            node_tolerance(n, 3.0),
+            node_scores=sub,
         )
         assert partition[e] == pytest.approx(log_partition(alone, node_scores=sub), abs=1e-9)
         assert best[e][0][1] == pytest.approx(top_k(alone, 1, node_scores=sub)[0][1], abs=1e-9)
