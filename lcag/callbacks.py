@@ -78,7 +78,7 @@ def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:
 CAPTION = (
     "argmax: each leaf pair's likeliest class on its own (may be no tree)\n"
     "valid tree: the likeliest decay tree from the pair scores alone\n"
-    "+ mass prior: the likeliest decay tree with each node's mass evidence (the full method)"
+    "+ mass prior: the likeliest tree with each node's mass evidence (the full method)"
 )
 
 

@@ -55,11 +55,16 @@ def truncated_checkpoint(checkpoint: Path, tmp_path_factory: pytest.TempPathFact
     return path
 
 
+def copy_of_data(tiny_data: Path, factory: pytest.TempPathFactory, name: str) -> Path:
+    out = factory.mktemp(name) / "data"
+    shutil.copytree(tiny_data, out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def damaged_data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny data with one byte of the validation shard changed."""
-    out = tmp_path_factory.mktemp("damaged") / "data"
-    shutil.copytree(tiny_data, out)
+    out = copy_of_data(tiny_data, tmp_path_factory, "damaged")
     shard = out / "val" / "shard-00000.h5"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -69,8 +74,8 @@ def damaged_data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def truncated_data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("truncated") / "data"
-    shutil.copytree(tiny_data, out)
+    """tiny data with the first training shard cut to 1,000 bytes."""
+    out = copy_of_data(tiny_data, tmp_path_factory, "truncated")
     shard = out / "train" / "shard-00000.h5"
     shard.write_bytes(shard.read_bytes()[:1000])
     return out
