@@ -65,8 +65,7 @@ class MassPrior:
             n_bins: log-mass bins, spread over the 0.05 %..99.95 % range of subset masses.
             max_size: subsets of this many leaves or more share the last row. The default, 2,
                 ignores size: a particle of unseen topologies may decay into another number
-                of leaves than in training (on tiny data, conditioning on size left unseen
-                topologies at 49 %, without it they reached 60 %).
+                of leaves than in training.
             pseudo_count: added to both counts of every bin.
         """
         groups: dict[int, list[dict[str, Any]]] = {}
