@@ -40,7 +40,7 @@ class ResultsTable(pl.Callback):
         console = Console()
         for table in results_tables(results, subsets):
             console.print(table)
-        console.print(CAPTION)
+        console.print(caption(reported_methods(results[subsets[0]])))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
         console.print(f"results in {path}")
@@ -57,29 +57,58 @@ def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:
             title=f"{SUBSET_LABELS[subset]}: perfect-tree rate on {info['events']} test events",
             min_width=64,
         )
-        for column in ("leaves", "events", "argmax", "valid tree", "+ mass prior"):
-            table.add_column(column, justify="right")
         by_size = info["by_size"]
-        decoded, full = by_size.get("perfect_decoded", {}), by_size.get("perfect_full", {})
-        for n, (argmax, events) in sorted(by_size["perfect_argmax"].items()):
-            table.add_row(
-                str(n), str(events), f"{argmax:.1%}",
-                _percent(decoded.get(n, (None,))[0]), _percent(full.get(n, (None,))[0]),
-            )  # fmt: skip
-        table.add_row(
-            "all", str(info["events"]), f"{info['perfect_argmax']:.1%}",
-            _percent(info.get("perfect_decoded")), _percent(info.get("perfect_full")),
-            style="bold",
-        )  # fmt: skip
+        methods = reported_methods(info)
+        for column in ("leaves", "events", *(column_label(m, methods) for m in methods)):
+            table.add_column(column, justify="right")
+        for n, (_, events) in sorted(by_size["perfect_argmax"].items()):
+            rates = [_percent(by_size.get(m, {}).get(n, (None,))[0]) for m in methods]
+            table.add_row(str(n), str(events), *rates)
+        totals = [_percent(info.get(m)) for m in methods]
+        table.add_row("all", str(info["events"]), *totals, style="bold")
         tables.append(table)
     return tables
 
 
-CAPTION = (
-    "argmax: each leaf pair's likeliest class on its own (may be no tree)\n"
-    "valid tree: the likeliest decay tree from the pair scores alone\n"
-    "+ mass prior: the likeliest tree with each node's mass evidence (the full method)"
-)
+METHODS = ("perfect_argmax", "perfect_decoded", "perfect_prior", "perfect_full")
+_LABELS = {
+    "perfect_argmax": ("argmax", "each leaf pair's likeliest class on its own (may be no tree)"),
+    "perfect_decoded": ("valid tree", "the likeliest decay tree from the pair scores alone"),
+    "perfect_prior": ("+ mass prior", "the likeliest tree with each node's mass evidence added"),
+    "perfect_full": (
+        "+ subset head",
+        "with the learnt subset head's node evidence instead (the full method)",
+    ),
+}
+
+
+def reported_methods(info: dict[str, Any]) -> list[str]:
+    """The decoding methods a subset's results hold, in :data:`METHODS` order."""
+    return [m for m in METHODS if m in info.get("by_size", {}) or m in info]
+
+
+def column_label(method: str, methods: list[str]) -> str:
+    """A method's column title; without a subset head the full method is the mass prior."""
+    if method == "perfect_full" and "perfect_prior" not in methods:
+        return _LABELS["perfect_prior"][0]
+    return _LABELS[method][0]
+
+
+def caption(methods: list[str]) -> str:
+    """What each column is, one line per method (weights chosen on the validation split)."""
+    lines = []
+    for method in methods:
+        if method == "perfect_full" and "perfect_prior" not in methods:
+            label, text = (
+                _LABELS["perfect_prior"][0],
+                _LABELS["perfect_prior"][1] + " (the full method)",
+            )
+        else:
+            label, text = _LABELS[method]
+        lines.append(f"{label}: {text}")
+    if any(m in methods for m in ("perfect_prior", "perfect_full")):
+        lines.append("node-evidence weights were chosen on the validation split")
+    return "\n".join(lines)
 
 
 def _percent(rate: float | None) -> str:

@@ -27,7 +27,8 @@ from lcag.decode import decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
 from lcag.errors import CheckpointError
 from lcag.events import as_padded
-from lcag.evidence.mass_prior import MAX_PRIOR_LEAVES, MassPrior
+from lcag.evidence.mass_prior import MassPrior
+from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
 from lcag.features import check_pair_features, normalise, pair_features
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
@@ -73,8 +74,10 @@ class Reconstructor:
         pair_features: the pair features the model was trained with.
         max_leaves: the largest event accepted.
         device: where the model runs.
-        mass_prior: node evidence (:class:`lcag.evidence.MassPrior`), or ``None``.
-        node_weight: the weight of the node evidence, chosen on validation in training.
+        evidence: the node evidence (:class:`lcag.evidence.NodeEvidence`: mass prior,
+            subset head, and the weight chosen on validation in training), or ``None``.
+        mass_prior, node_weight: a :class:`lcag.evidence.MassPrior` and its weight, a
+            shorthand for ``evidence`` of kind ``mass_prior``.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Reconstructor:
         pair_features: Sequence[str] = (),
         max_leaves: int = 64,
         device: str = "cpu",
+        evidence: NodeEvidence | None = None,
         mass_prior: MassPrior | None = None,
         node_weight: float = 0.0,
     ) -> None:
@@ -95,8 +99,18 @@ class Reconstructor:
         self.pair_names = check_pair_features(pair_features)
         self.max_leaves = max_leaves
         self.n_features = int(model.init_args.get("n_features", 4))
-        self.mass_prior = mass_prior if mass_prior is not None and mass_prior.fitted else None
-        self.node_weight = float(node_weight)
+        if evidence is None and mass_prior is not None and mass_prior.fitted:
+            evidence = NodeEvidence("mass_prior", n_bins=len(mass_prior.edges) - 1)
+            evidence.set_prior(mass_prior)
+            evidence.weight.fill_(float(node_weight))
+        self.evidence = None if evidence is None else evidence.to(self.device).eval()
+        if self.evidence is not None and self.evidence.kind == "none":
+            self.evidence = None
+
+    @property
+    def node_weight(self) -> float:
+        """The weight the node evidence enters decoding with (0 without evidence)."""
+        return 0.0 if self.evidence is None else float(self.evidence.weight)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Reconstructor:
@@ -108,17 +122,19 @@ class Reconstructor:
         checkpoint = load_checkpoint(path, map_location=device)
         hparams = dict(checkpoint["hyper_parameters"])
         model = LCAGModel.from_config(hparams["model"])
-        state = checkpoint["state_dict"]
+        state = upgrade_state_dict(checkpoint["state_dict"])
         try:
             model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
             mean, std = state["feature_mean"], state["feature_std"]
-            prior = None
-            if hparams.get("node_evidence", "none") != "none" and "mass_prior_edges" in state:
-                prior = MassPrior(
-                    state["mass_prior_edges"].cpu().numpy(),
-                    state["mass_prior_log_odds"].cpu().numpy(),
-                )
-            weight = float(state["node_weight"]) if "node_weight" in state else 0.0
+            evidence = NodeEvidence(
+                hparams.get("node_evidence", "none"),
+                model.leaf_dim,
+                int(hparams.get("mass_prior_bins", 400)),
+                int(hparams.get("subset_head_hidden", 32)),
+            )
+            evidence.load_state_dict(
+                {k[9:]: v for k, v in state.items() if k.startswith("evidence.")}
+            )
         except (RuntimeError, KeyError) as exc:
             raise CheckpointError(
                 f"{path}: weights do not fit the stored model configuration ({one_line(exc)})"
@@ -130,25 +146,32 @@ class Reconstructor:
             pair_features=hparams.get("pair_features") or [],
             max_leaves=int(hparams.get("max_leaves", 64)),
             device=device,
-            mass_prior=prior,
-            node_weight=weight,
+            evidence=evidence,
         )
 
     @torch.inference_mode()
-    def probabilities(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Per-pair class probabilities ``(N, L, L, C)`` for ``x (N, L, F)``, ``mask (N, L)``."""
+    def _run(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pair probabilities ``(N, L, L, C)`` and weighted node scores ``(N, 2^L)`` (or
+        ``None``) for ``x (N, L, F)``, ``mask (N, L)``: one pass of the model."""
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         mt = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
         pair = pair_features(xt, mt, self.pair_names)
-        logits = self.model(normalise(xt, mt, self.feature_mean, self.feature_std), mt, pair)
-        return logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
+        normalised = normalise(xt, mt, self.feature_mean, self.feature_std)
+        logits, leaves = self.model.forward_with_leaves(normalised, mt, pair)
+        probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
+        if self.evidence is None or self.node_weight == 0:
+            return probs, None
+        nodes = self.evidence.scores(xt, mt, leaves)
+        return probs, None if nodes is None else self.node_weight * nodes
+
+    def probabilities(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Per-pair class probabilities ``(N, L, L, C)`` for ``x (N, L, F)``, ``mask (N, L)``."""
+        return self._run(x, mask)[0]
 
     def node_scores(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
         """Weighted node evidence ``(N, 2^L)`` for ``x (N, L, 4)``, or ``None`` when the model
         has none (or ``L`` is too large for node scores)."""
-        if self.mass_prior is None or self.node_weight == 0 or x.shape[1] > MAX_PRIOR_LEAVES:
-            return None
-        return self.node_weight * self.mass_prior.node_scores(x[..., :4], mask)
+        return self._run(x, mask)[1]
 
     def reconstruct(
         self,
@@ -168,8 +191,9 @@ class Reconstructor:
             mask: ``(N, L)`` bool, ``True`` for real leaves (arrays only).
             batch_size: events per model call.
             method: decoding method of :func:`lcag.decode` (``auto``, ``exact``, ``approx``).
-            node_evidence: add the model's node evidence (its mass prior, at the weight
-                chosen on validation) to the pair scores; ``False`` decodes from pairs alone.
+            node_evidence: add the model's node evidence (its subset head or mass prior, at
+                the weight chosen on validation) to the pair scores; ``False`` decodes from
+                pairs alone.
             top_k: also return the ``top_k`` most probable trees (``Reconstruction.
                 alternatives``), exactly up to ``EXACT_MAX_LEAVES`` leaves.
 
@@ -188,8 +212,8 @@ class Reconstructor:
             events = order[start : start + batch_size]
             size = max(int(mask[events].sum(1).max()), 1)
             xb, mb = x[events, :size], mask[events, :size]
-            probs = self.probabilities(xb, mb)
-            nodes = self.node_scores(xb, mb) if node_evidence else None
+            probs, nodes = self._run(xb, mb)
+            nodes = nodes if node_evidence else None
             decoded = decode(probs, mb, node_scores=nodes, method=method)
             scores = tree_score(decoded, probs, mb, node_scores=nodes)
             log_z = log_partition(probs, mb, node_scores=nodes)

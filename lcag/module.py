@@ -21,10 +21,17 @@ from lcag.checkpoints import load_checkpoint
 from lcag.data import LCAGDataset
 from lcag.decode import decode
 from lcag.errors import ConfigError
-from lcag.evidence.mass_prior import MAX_PRIOR_LEAVES, MassPrior
+from lcag.evidence.mass_prior import MassPrior
+from lcag.evidence.node_evidence import (
+    NodeEvidence,
+    NodeEvidenceKind,
+    true_nodes,
+    upgrade_state_dict,
+)
 from lcag.features import check_pair_features, normalise, pair_features
 from lcag.metrics import PairAccuracy, PerfectTreeRate, ValidTreeRate
 from lcag.models.base import LCAGModel
+from lcag.training.tree_loss import tree_nll
 
 __all__ = ["LCAGModule"]
 
@@ -48,14 +55,26 @@ class LCAGModule(pl.LightningModule):
             the model's ``n_pair_features`` must match their number.
         decode_at_eval: also score valid-tree decoding (``lcag.decode``) at validation/test.
         max_leaves: the largest leaf count reported per size.
-        node_evidence: ``mass_prior`` adds :class:`lcag.evidence.MassPrior` node scores
-            (learnt from the training split at the start of fitting, kept in buffers so it
-            travels in the checkpoint) to valid-tree decoding, ``none`` decodes from pair
-            scores alone. Reported as ``perfect_full``.
+        node_evidence: the node scores added to valid-tree decoding
+            (:class:`lcag.evidence.NodeEvidence`, kept in the checkpoint), reported as
+            ``perfect_full``: ``subset_head`` (a :class:`lcag.models.SubsetHead` on the model's
+            leaf embeddings and subset kinematics, residual on the mass prior, trained beside
+            the pair loss), ``mass_prior`` (:class:`lcag.evidence.MassPrior` alone, learnt
+            from the training split at the start of fitting), ``none`` (pair scores alone).
         node_weights: the weights of the node scores tried on the validation split; the best
-            is kept in the ``node_weight`` buffer (ties go to the smaller weight).
+            is kept in the ``evidence.weight`` buffer (ties go to the smaller weight).
         mass_prior_bins: log-mass bins of the prior.
         mass_prior_events: training events the prior is counted from (spread over the split).
+        subset_loss_weight: weight of the subset head's binary cross-entropy in the loss.
+        subset_head_hidden: hidden width of the subset head.
+        subset_loss_samples: training batches with more leaf subsets than this score this
+            many, drawn uniformly, in the subset loss (an unbiased estimate, much cheaper at
+            10 leaves and more).
+        tree_loss_weight: weight of the true tree's negative log-likelihood among all valid
+            trees (:func:`lcag.training.tree_loss.tree_nll`, per pair, with the subset head's
+            logits as node scores) in the training loss; 0 leaves it out.
+        tree_loss_max_leaves: the tree loss is computed for training batches of at most this
+            many leaves (it costs ``O(3^L C)`` per event).
     """
 
     def __init__(
@@ -70,10 +89,15 @@ class LCAGModule(pl.LightningModule):
         pair_features: list[str] | None = None,
         decode_at_eval: bool = True,
         max_leaves: int = 64,
-        node_evidence: Literal["mass_prior", "none"] = "mass_prior",
+        node_evidence: NodeEvidenceKind = "subset_head",
         node_weights: list[float] | None = None,
         mass_prior_bins: int = 400,
         mass_prior_events: int = 50_000,
+        subset_loss_weight: float = 1.0,
+        subset_head_hidden: int = 32,
+        subset_loss_samples: int = 256,
+        tree_loss_weight: float = 0.0,
+        tree_loss_max_leaves: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -108,28 +132,36 @@ class LCAGModule(pl.LightningModule):
                         "pair_accuracy": PairAccuracy(),
                         "valid_argmax": ValidTreeRate(),
                         "perfect_full": PerfectTreeRate(max_leaves),
+                        "perfect_prior": PerfectTreeRate(max_leaves),
                     }
                 )
                 for subset in ("train", "val", "test", "test_unseen")
             }
         )
-        if node_evidence not in ("mass_prior", "none"):
-            raise ConfigError(
-                f"node_evidence: expected 'mass_prior' or 'none', got {node_evidence!r}"
-            )
+        self.evidence = NodeEvidence(
+            node_evidence, model.leaf_dim, mass_prior_bins, subset_head_hidden
+        )
         self.node_weights = [float(w) for w in (node_weights or DEFAULT_NODE_WEIGHTS)]
-        self.weight_metrics = nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.node_weights)
-        empty = MassPrior.empty(mass_prior_bins)
-        self.register_buffer("mass_prior_edges", torch.from_numpy(empty.edges))
-        self.register_buffer("mass_prior_log_odds", torch.from_numpy(empty.log_odds))
-        self.register_buffer("node_weight", torch.tensor(0.0, dtype=torch.float64))
+        self.weight_metrics = nn.ModuleDict(  # validation rate at each candidate weight
+            {
+                name: nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.node_weights)
+                for name in ("perfect_full", "perfect_prior")
+            }
+        )
         self.results: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, L, L)`` from raw 4-momenta ``x (B, L, F)`` and ``mask (B, L)``."""
+        return self.forward_with_leaves(x, mask)[0]
+
+    def forward_with_leaves(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, C, L, L)`` and leaf embeddings ``(B, L, D)`` from raw ``x (B, L, F)``."""
         pair = pair_features(x, mask, self.pair_names)
-        return self.model(normalise(x, mask, self.feature_mean, self.feature_std), mask, pair)
+        normalised = normalise(x, mask, self.feature_mean, self.feature_std)
+        return self.model.forward_with_leaves(normalised, mask, pair)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -144,7 +176,7 @@ class LCAGModule(pl.LightningModule):
             mean, std = datamodule.normalisation
             self.feature_mean.copy_(torch.tensor(mean))
             self.feature_std.copy_(torch.clamp(torch.tensor(std), min=1e-6))
-        wants_prior = self.hparams.node_evidence == "mass_prior"
+        wants_prior = self.evidence.kind != "none"
         if stage == "fit" and wants_prior and not self.mass_prior.fitted:
             train = LCAGDataset(
                 datamodule.data_dir, "train", max_events=self.hparams.mass_prior_events
@@ -152,15 +184,20 @@ class LCAGModule(pl.LightningModule):
             prior = MassPrior.fit(
                 train.__getitems__(range(len(train))), n_bins=self.hparams.mass_prior_bins
             )
-            self.mass_prior_edges.copy_(torch.from_numpy(prior.edges))
-            self.mass_prior_log_odds.copy_(torch.from_numpy(prior.log_odds))
+            self.evidence.set_prior(prior)
 
     @property
     def mass_prior(self) -> MassPrior:
         """The node-evidence prior held in the buffers (all zeros until fitted)."""
-        return MassPrior(
-            self.mass_prior_edges.cpu().numpy(), self.mass_prior_log_odds.cpu().numpy()
-        )
+        return self.evidence.mass_prior
+
+    @property
+    def node_weight(self) -> torch.Tensor:
+        """The node evidence's weight in decoding, chosen on validation (a 0-d buffer)."""
+        return self.evidence.weight
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
 
     # -------------------------------------------------------------------------- steps
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -183,9 +220,20 @@ class LCAGModule(pl.LightningModule):
         return ce[valid].mean()
 
     def _common_step(self, batch: dict[str, torch.Tensor], subset: str) -> torch.Tensor:
-        logits = self(batch["x"], batch["mask"])
-        loss = self.loss(logits, batch["target"])
         mask, target, n_leaves = batch["mask"], batch["target"], batch["n_leaves"]
+        logits, leaves = self.forward_with_leaves(batch["x"], mask)
+        loss = self.loss(logits, target)
+        tree_loss = subset == "train" and self.hparams.tree_loss_weight > 0
+        samples = self.hparams.subset_loss_samples if subset == "train" and not tree_loss else None
+        head = self.evidence.loss(batch["x"], mask, leaves, target, samples)
+        if head is not None:
+            self._log_extra(f"{subset}/subset_loss", head[0], len(target), subset)
+            loss = loss + self.hparams.subset_loss_weight * head[0]
+        if tree_loss:
+            nll = self._tree_loss(logits, target, mask, None if head is None else head[1])
+            if nll is not None:
+                self._log_extra("train/tree_nll", nll, len(target), subset)
+                loss = loss + self.hparams.tree_loss_weight * nll
         pred = _as_lcag(logits.argmax(dim=1), mask)
         metrics = self.metrics[f"{subset}_set"]
         metrics["perfect_argmax"].update(pred, target, n_leaves)
@@ -193,7 +241,7 @@ class LCAGModule(pl.LightningModule):
         if subset != "train":
             metrics["valid_argmax"].update(pred, mask)
             if self.hparams.decode_at_eval:
-                self._decode_step(logits, batch, subset)
+                self._decode_step(logits, leaves, batch, subset)
         self.log(
             f"{subset}/loss",
             loss,
@@ -206,8 +254,39 @@ class LCAGModule(pl.LightningModule):
         )
         return loss
 
+    def _log_extra(self, name: str, value: torch.Tensor, batch_size: int, subset: str) -> None:
+        self.log(
+            name,
+            value,
+            batch_size=batch_size,
+            on_step=False,
+            on_epoch=True,
+            add_dataloader_idx=False,
+            sync_dist=subset != "train",
+        )
+
+    def _tree_loss(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        nodes: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Mean over events of the true tree's negative log-likelihood per leaf pair, for a
+        batch without padding of at most ``tree_loss_max_leaves`` leaves (else ``None``)."""
+        L = mask.shape[1]
+        if L < 2 or L > self.hparams.tree_loss_max_leaves or not bool(mask.all()):
+            return None
+        lcag = target.clamp(min=0)
+        nll = tree_nll(logits.float().log_softmax(dim=1), lcag, true_nodes(target, mask), nodes)
+        return nll.mean() / (L * (L - 1) / 2)
+
     def _decode_step(
-        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], subset: str
+        self,
+        logits: torch.Tensor,
+        leaves: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        subset: str,
     ) -> None:
         """Score valid-tree decoding from pair scores alone and with node evidence (at each
         candidate weight on validation, at the chosen weight on test)."""
@@ -217,31 +296,34 @@ class LCAGModule(pl.LightningModule):
         mask_np = mask.cpu().numpy()
         pair_only = torch.from_numpy(decode(probs, mask_np)).to(logits.device)
         metrics["perfect_decoded"].update(pair_only, target, n_leaves)
-        nodes = self.node_scores(batch["x"], mask)
-        if nodes is None:
-            for metric in self.weight_metrics if subset == "val" else [metrics["perfect_full"]]:
-                metric.update(pair_only, target, n_leaves)
-            return
-        if subset == "val":
-            for weight, metric in zip(self.node_weights, self.weight_metrics, strict=True):
-                full = decode(probs, mask_np, node_scores=weight * nodes) if weight else None
-                metric.update(
-                    pair_only if full is None else torch.from_numpy(full).to(logits.device),
-                    target,
-                    n_leaves,
-                )
-            return
-        full = decode(probs, mask_np, node_scores=float(self.node_weight) * nodes)
-        metrics["perfect_full"].update(torch.from_numpy(full).to(logits.device), target, n_leaves)
+        full = [("perfect_full", self.evidence.scores(batch["x"], mask, leaves))]
+        if self.evidence.head is not None:  # the mass prior alone, for comparison
+            full.append(("perfect_prior", self.evidence.prior_scores(batch["x"], mask)))
+        for name, nodes in full:
+            chosen = metrics[name]
+            if subset == "val":
+                grid = zip(self.node_weights, self.weight_metrics[name], strict=True)
+            else:
+                grid = [(float(self._weights[name]), chosen)]
+            for weight, metric in grid:
+                best = pair_only
+                if nodes is not None and weight:
+                    decoded = decode(probs, mask_np, node_scores=weight * nodes)
+                    best = torch.from_numpy(decoded).to(logits.device)
+                metric.update(best, target, n_leaves)
+
+    @property
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """The node-weight buffer of each full-method metric."""
+        return {"perfect_full": self.evidence.weight, "perfect_prior": self.evidence.prior_weight}
 
     def node_scores(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
         """Unweighted node scores ``(B, 2^L)`` of a batch ``x (B, L, 4)``, or ``None`` (no
         node evidence, or events too large for node scores)."""
-        if self.hparams.node_evidence == "none" or x.shape[1] > MAX_PRIOR_LEAVES:
+        if not self.evidence.applies(x.shape[1]):
             return None
-        return self.mass_prior.node_scores(
-            x.detach().cpu().numpy().astype(np.float64), mask.cpu().numpy()
-        )
+        leaves = self.forward_with_leaves(x, mask)[1] if self.evidence.head is not None else None
+        return self.evidence.scores(x, mask, leaves)
 
     @torch.no_grad()
     def decode(
@@ -250,12 +332,20 @@ class LCAGModule(pl.LightningModule):
         mask: torch.Tensor,
         x: torch.Tensor | None = None,
         node_evidence: bool = False,
+        leaves: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The most probable valid LCAG ``(B, L, L)`` (padding -1) from logits ``(B, C, L, L)``:
-        from pair scores alone, or with ``node_evidence`` (needs the leaves ``x (B, L, 4)``)
-        the full method, the node scores at the chosen ``node_weight``."""
+        from pair scores alone, or with ``node_evidence`` (needs the leaves ``x (B, L, 4)``;
+        ``leaves (B, L, D)``, the model's embeddings, spare a second forward pass) the full
+        method, the node scores at the chosen weight."""
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
-        nodes = self.node_scores(x, mask) if node_evidence and x is not None else None
+        nodes = None
+        if node_evidence and x is not None:
+            nodes = (
+                self.node_scores(x, mask)
+                if leaves is None
+                else self.evidence.scores(x, mask, leaves)
+            )
         if nodes is not None:
             nodes = float(self.node_weight) * nodes
         decoded = decode(probs, mask.cpu().numpy(), node_scores=nodes)
@@ -275,11 +365,11 @@ class LCAGModule(pl.LightningModule):
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> dict[str, torch.Tensor]:
-        logits = self(batch["x"], batch["mask"])
+        logits, leaves = self.forward_with_leaves(batch["x"], batch["mask"])
         return {
             "probs": logits.softmax(dim=1).permute(0, 2, 3, 1),
             "argmax": _as_lcag(logits.argmax(dim=1), batch["mask"]),
-            "decoded": self.decode(logits, batch["mask"], batch["x"], node_evidence=True),
+            "decoded": self.decode(logits, batch["mask"], batch["x"], True, leaves),
             "mask": batch["mask"],
         }
 
@@ -292,12 +382,15 @@ class LCAGModule(pl.LightningModule):
             names.append("valid_argmax")
             if self.hparams.decode_at_eval:
                 names += ["perfect_decoded", "perfect_full"]
+                if self.evidence.head is not None:
+                    names.insert(-1, "perfect_prior")
         values: dict[str, torch.Tensor] = {}
         if subset == "val" and self.hparams.decode_at_eval:
-            metrics["perfect_full"] = self._choose_node_weight()
+            for name in names[names.index("perfect_decoded") + 1 :]:
+                metrics[name] = self._choose_node_weight(name)
             values["val/node_weight"] = self.node_weight.float()
         values.update({f"{subset}/{name}": metrics[name].compute() for name in names})
-        headline = names[-1] if names[-1] == "perfect_full" else "perfect_argmax"
+        headline = "perfect_full" if "perfect_full" in names else "perfect_argmax"
         by_size = {}
         for name in (n for n in names if n.startswith("perfect")):
             with metrics[name].sync_context():  # all ranks' counts, under DDP
@@ -310,16 +403,17 @@ class LCAGModule(pl.LightningModule):
             "by_size": by_size,
             "events": int(metrics["perfect_argmax"].total.sum()),
         }
-        for metric in [*self.metrics[f"{subset}_set"].values(), *self.weight_metrics]:
+        grids = [metric for grid in self.weight_metrics.values() for metric in grid]
+        for metric in [*self.metrics[f"{subset}_set"].values(), *grids]:
             metric.reset()
 
-    def _choose_node_weight(self) -> PerfectTreeRate:
-        """Keep the node weight with the best validation rate (ties: the smaller weight) in
-        the ``node_weight`` buffer; its metric gives this epoch's ``val/perfect_full``."""
-        rates = [float(metric.compute()) for metric in self.weight_metrics]
+    def _choose_node_weight(self, name: str = "perfect_full") -> PerfectTreeRate:
+        """Keep the node weight with the best validation rate of ``name`` (ties: the smaller
+        weight) in its buffer; that weight's metric gives this epoch's ``val/<name>``."""
+        rates = [float(metric.compute()) for metric in self.weight_metrics[name]]
         best = max(range(len(rates)), key=lambda k: (rates[k], -self.node_weights[k]))
-        self.node_weight.fill_(self.node_weights[best])
-        return self.weight_metrics[best]
+        self._weights[name].fill_(self.node_weights[best])
+        return self.weight_metrics[name][best]
 
     def on_train_epoch_end(self) -> None:
         self._finish("train")
@@ -361,7 +455,7 @@ class LCAGModule(pl.LightningModule):
         hparams = dict(checkpoint["hyper_parameters"])
         model = LCAGModel.from_config(hparams.pop("model"))
         module = cls(model, **hparams)
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(upgrade_state_dict(checkpoint["state_dict"]))
         return module.eval()
 
 

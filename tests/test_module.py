@@ -83,3 +83,48 @@ def test_warmup_then_cosine():
     assert schedule(9) == pytest.approx(1.0)
     assert schedule(60) == pytest.approx(0.5)
     assert schedule(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def tree_batch(L: int = 5, B: int = 4) -> dict[str, torch.Tensor]:
+    """Events of one tree, ``((0, 1), (2, (3, 4)))``, with random physical 4-momenta."""
+    from lcag.matrix import tree_to_lcag
+    from lcag.tree import DecayTree
+
+    generator = torch.Generator().manual_seed(0)
+    p = torch.randn(B, L, 3, generator=generator) * 3
+    x = torch.cat([p, (p.pow(2).sum(-1, keepdim=True) + 1).sqrt()], dim=-1)
+    lcag = torch.tensor(tree_to_lcag(DecayTree.from_nested(((0, 1), (2, (3, 4))))))
+    target = lcag.expand(B, L, L).clone()
+    target[:, torch.arange(L), torch.arange(L)] = -1
+    return {
+        "x": x,
+        "mask": torch.ones(B, L, dtype=torch.bool),
+        "target": target,
+        "n_leaves": torch.full((B,), L),
+    }
+
+
+@pytest.mark.parametrize("tree_loss_weight", [0.0, 1.0])
+def test_training_step_adds_the_subset_and_tree_losses(tree_loss_weight):
+    torch.manual_seed(0)
+    model = LCAGTransformer(n_classes=4, dim=16, depth=1, heads=2)
+    batch = tree_batch()
+    module = LCAGModule(model, subset_loss_weight=0.0, tree_loss_weight=0.0)
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **_: logged.__setitem__(name, float(value.detach()))
+    with torch.no_grad():
+        pair_only = float(module._common_step(batch, "train"))
+        logits = module(batch["x"], batch["mask"])
+        assert pair_only == pytest.approx(float(module.loss(logits, batch["target"])))
+    module.hparams.subset_loss_weight = 1.0
+    module.hparams.tree_loss_weight = tree_loss_weight
+    total = module._common_step(batch, "train")
+    expected = pair_only + logged["train/subset_loss"] + tree_loss_weight * logged.get(
+        "train/tree_nll", 0.0
+    )
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+    assert ("train/tree_nll" in logged) == (tree_loss_weight > 0)
+    total.backward()
+    head_grad = module.evidence.head.mlp[-1].weight.grad
+    assert head_grad is not None and bool(torch.isfinite(head_grad).all())
+    assert float(head_grad.abs().sum()) > 0

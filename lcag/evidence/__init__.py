@@ -3,9 +3,35 @@
 Pair scores cannot see whether a *set* of leaves is a particle; a node score per leaf set can
 (:mod:`lcag.decode`, ``node_scores``). :class:`MassPrior` learns one from the training trees:
 the log-odds that a leaf subset is an inner node given its invariant mass and size.
+:class:`NodeEvidence` holds what a trained model decodes with: the prior, a learnt subset head
+(:class:`lcag.models.SubsetHead`) and their weight.
 """
 
 from lcag.evidence.mass_prior import MassPrior
-from lcag.evidence.subsets import subset_masses, subset_sizes
+from lcag.evidence.subsets import (
+    candidate_subsets,
+    node_indicator,
+    subset_kinematics,
+    subset_masses,
+    subset_sizes,
+)
 
-__all__ = ["MassPrior", "subset_masses", "subset_sizes"]
+
+def __getattr__(name: str) -> object:
+    """``NodeEvidence`` (a torch module) imports torch only when first used."""
+    if name == "NodeEvidence":
+        from lcag.evidence.node_evidence import NodeEvidence
+
+        return NodeEvidence
+    raise AttributeError(f"module 'lcag.evidence' has no attribute {name!r}")
+
+
+__all__ = [
+    "MassPrior",
+    "NodeEvidence",
+    "candidate_subsets",
+    "node_indicator",
+    "subset_kinematics",
+    "subset_masses",
+    "subset_sizes",
+]

@@ -101,19 +101,23 @@ class MassPrior:
         log_odds = np.log(nodes + pseudo_count) - np.log(others + pseudo_count)
         return cls(edges, log_odds)
 
-    def node_scores(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def node_scores(
+        self, x: np.ndarray, mask: np.ndarray, masses: np.ndarray | None = None
+    ) -> np.ndarray:
         """Log-odds of every leaf subset of every event.
 
         Args:
             x: ``(N, L, 4)`` leaves ``(px, py, pz, E)``, ``L <= MAX_PRIOR_LEAVES``.
             mask: ``(N, L)`` bool, real leaves.
+            masses: ``(N, 2^L)`` the subsets' invariant masses, if already at hand.
 
         Returns:
             ``(N, 2^L)`` float64 node scores for :func:`lcag.decode.decode`: 0 for single
             leaves and for the set of all real leaves (the root is in every tree).
         """
         N, L, _ = x.shape
-        masses = np.log(np.maximum(subset_masses(x, mask), _TINY_MASS))
+        masses = subset_masses(x, mask) if masses is None else masses
+        masses = np.log(np.maximum(masses, _TINY_MASS))
         sizes = subset_sizes(L)
         rows = np.clip(sizes, 2, self.log_odds.shape[0] + 1) - 2
         scores = self.log_odds[rows[None, :], _bin(self.edges, masses)]

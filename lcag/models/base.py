@@ -3,6 +3,7 @@
 A model maps leaf features to per-pair class logits::
 
     model(x: (B, L, F) float, mask: (B, L) bool, pair: (B, L, L, P) | None) -> (B, C, L, L)
+    model.forward_with_leaves(x, mask, pair) -> (logits (B, C, L, L), leaves (B, L, D))
 
 ``mask`` is True on real leaves. Logits are symmetric in the last two axes, and padding never
 changes the logits of the real leaves. ``model.config()`` is a JSON-serialisable dict from which
@@ -142,7 +143,11 @@ class LCAGModel(nn.Module, ABC):
                 f"{tuple(pair.shape)}"
             )
 
-    @abstractmethod
+    @property
+    def leaf_dim(self) -> int:
+        """Width ``D`` of the leaf embeddings :meth:`forward_with_leaves` returns."""
+        return int(self.init_args.get("dim", 0))
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, pair: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -153,3 +158,11 @@ class LCAGModel(nn.Module, ABC):
             mask: ``(B, L)`` bool, True on real leaves.
             pair: ``(B, L, L, P)`` pair features, or ``None``.
         """
+        return self.forward_with_leaves(x, mask, pair)[0]
+
+    @abstractmethod
+    def forward_with_leaves(
+        self, x: torch.Tensor, mask: torch.Tensor, pair: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, C, L, L)`` and the final leaf embeddings ``(B, L, D)`` (padding 0),
+        which a subset head (:class:`lcag.models.SubsetHead`) pools over leaf sets."""

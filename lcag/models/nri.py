@@ -162,10 +162,11 @@ class LCAGNRI(LCAGModel):
         self.ln_f = nn.LayerNorm(dim)
         self.head = PairHead(dim, n_classes, dropout=dropout)
 
-    def forward(
+    def forward_with_leaves(
         self, x: torch.Tensor, mask: torch.Tensor, pair: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Logits ``(B, C, L, L)`` from ``x (B, L, F)``, ``mask (B, L)``, ``pair (B, L, L, P)``."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, C, L, L)`` and leaf embeddings ``(B, L, D)`` from ``x (B, L, F)``,
+        ``mask (B, L)``, ``pair (B, L, L, P)``."""
         self.check_inputs(x, mask, pair)
         B, L = mask.shape
         edge_index, _, (b, i, j) = fully_connected_graph(mask)
@@ -179,4 +180,6 @@ class LCAGNRI(LCAGModel):
         e = self.ln_f(e)
         dense = e.new_zeros(B, L, L, e.shape[-1])  # padding and diagonal stay 0
         dense[b, i, j] = e
-        return self.head.from_pairs(dense)
+        leaves = h.new_zeros(B, L, h.shape[-1])
+        leaves[mask] = h
+        return self.head.from_pairs(dense), leaves

@@ -114,10 +114,11 @@ class LCAGTransformer(LCAGModel):
         self.ln_f = nn.LayerNorm(dim)
         self.head = PairHead(dim, n_classes, dropout=dropout)
 
-    def forward(
+    def forward_with_leaves(
         self, x: torch.Tensor, mask: torch.Tensor, pair: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Logits ``(B, C, L, L)`` from ``x (B, L, F)``, ``mask (B, L)``, ``pair (B, L, L, P)``."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, C, L, L)`` and leaf embeddings ``(B, L, D)`` from ``x (B, L, F)``,
+        ``mask (B, L)``, ``pair (B, L, L, P)``."""
         self.check_inputs(x, mask, pair)
         B, L = mask.shape
         # whatever sits in the padding (even NaN) cannot reach the real leaves
@@ -137,4 +138,5 @@ class LCAGTransformer(LCAGModel):
 
         for block, bias in zip(self.blocks, biases, strict=True):
             h = block(h, bias)
-        return self.head(self.ln_f(h))
+        h = self.ln_f(h)
+        return self.head(h), torch.where(mask[..., None], h, torch.zeros((), dtype=h.dtype))

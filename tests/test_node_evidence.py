@@ -1,0 +1,130 @@
+"""Node evidence: candidate subsets, true-node indicators, the subset head and its residual on
+the mass prior, and state dicts of checkpoints written before the evidence had a module."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lcag.errors import ConfigError
+from lcag.evidence import MassPrior, candidate_subsets, node_indicator, subset_kinematics
+from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
+from lcag.matrix import tree_to_lcag
+from lcag.models import SubsetHead
+from lcag.tree import DecayTree
+
+
+@st.composite
+def nested_trees(draw: st.DrawFn, max_leaves: int = 7) -> DecayTree:
+    """A random decay tree (no single-child nodes) over ``2..max_leaves`` leaves."""
+    n = draw(st.integers(2, max_leaves))
+    groups: list = list(range(n))
+    while len(groups) > 1:
+        k = draw(st.integers(2, len(groups)))
+        start = draw(st.integers(0, len(groups) - k))
+        groups[start : start + k] = [tuple(groups[start : start + k])]
+    return DecayTree.from_nested(groups[0])
+
+
+def leaf_sets(tree: DecayTree) -> set[int]:
+    """The inner nodes of a tree as leaf bit masks, by walking it."""
+    out = set()
+    for node in range(tree.n_leaves, len(tree.parents)):
+        out.add(sum(1 << leaf for leaf in tree.leaves_under(node)))
+    return out
+
+
+@given(nested_trees())
+def test_node_indicator_marks_exactly_the_trees_inner_nodes(tree):
+    lcag = tree_to_lcag(tree)
+    mask = np.ones((1, tree.n_leaves), dtype=bool)
+    marked = set(np.flatnonzero(node_indicator(lcag[None], mask)[0]).tolist())
+    assert marked == leaf_sets(tree)
+
+
+def test_candidates_are_the_proper_subsets_of_real_leaves():
+    mask = np.array([[True, True, True, False]])
+    got = set(np.flatnonzero(candidate_subsets(mask)[0]).tolist())
+    assert got == {0b011, 0b101, 0b110}  # not single leaves, not the root, not the padding
+
+
+def test_subset_kinematics_of_a_pair():
+    x = np.array([[[1.0, 0, 0, 2.0], [-1.0, 0, 0, 2.0], [0, 0, 0, 1.0]]])
+    mask = np.ones((1, 3), dtype=bool)
+    k = subset_kinematics(x, mask)
+    assert k.shape == (1, 8, 4)
+    assert np.isclose(k[0, 0b011, 0], np.log1p(4.0))  # two back-to-back leaves: m = 4
+    assert np.isclose(k[0, 0b111, 1], 1.0) and np.isclose(k[0, 0b011, 2], 2 / 3)
+
+
+def test_subset_head_is_permutation_equivariant_over_subsets():
+    torch.manual_seed(0)
+    head = SubsetHead(dim=8, n_kinematic=3, hidden=16, residual=False)
+    leaves = torch.randn(2, 4, 8)
+    members = ((torch.arange(16)[:, None] >> torch.arange(4)[None, :]) & 1).float()
+    kinematic = torch.randn(2, 16, 3)
+    order = torch.tensor([2, 0, 3, 1])  # leaf k of the new order is old leaf order[k]
+    new_bits = (members[:, order] * (1 << torch.arange(4))).sum(1).long()  # old S -> new S'
+    permuted_kin = torch.empty_like(kinematic)
+    permuted_kin[:, new_bits] = kinematic
+    got = head(leaves[:, order], members, permuted_kin)
+    assert torch.allclose(got[:, new_bits], head(leaves, members, kinematic), atol=1e-6)
+
+
+def test_an_untrained_residual_head_gives_the_mass_prior():
+    rng = np.random.default_rng(0)
+    events = []
+    for _ in range(30):
+        p = rng.normal(size=(4, 3))
+        x = np.concatenate([p, np.sqrt((p**2).sum(1, keepdims=True) + 1.0)], axis=1)
+        events.append({"x": x, "target": tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3))))})
+    prior = MassPrior.fit(events, n_bins=20)
+    evidence = NodeEvidence("subset_head", leaf_dim=8, n_bins=20)
+    evidence.set_prior(prior)
+    x = torch.tensor(np.stack([e["x"] for e in events[:5]]), dtype=torch.float32)
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    got = evidence.scores(x, mask, torch.randn(5, 4, 8))
+    expected = prior.node_scores(x.numpy().astype(np.float64), mask.numpy())
+    candidates = candidate_subsets(mask.numpy())
+    assert np.allclose(got[candidates], expected[candidates], atol=1e-5)
+    assert np.all(got[~candidates] == 0)
+
+
+def test_head_loss_trains_towards_the_true_nodes():
+    torch.manual_seed(0)
+    evidence = NodeEvidence("subset_head", leaf_dim=4, n_bins=10)
+    lcag = torch.tensor(tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3)))))[None]
+    target = lcag.clone()
+    target[:, range(4), range(4)] = -1
+    x = torch.tensor([[[1.0, 0, 0, 2], [-1, 0, 0, 2], [0, 1, 0, 2], [0, -1, 0, 2]]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    leaves = torch.randn(1, 4, 4)
+    optimiser = torch.optim.Adam(evidence.parameters(), lr=0.05)
+    for _ in range(100):
+        optimiser.zero_grad()
+        loss, _ = evidence.loss(x, mask, leaves, target)
+        loss.backward()
+        optimiser.step()
+    scores = evidence.scores(x, mask, leaves)[0]
+    assert scores[0b0011] > 0 and scores[0b1100] > 0  # the true nodes
+    assert scores[0b0101] < 0 and scores[0b0111] < 0  # others
+
+
+def test_bad_kind_and_missing_width_are_config_errors():
+    with pytest.raises(ConfigError, match="node_evidence"):
+        NodeEvidence("masses")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="leaf embedding width"):
+        NodeEvidence("subset_head", leaf_dim=0)
+
+
+def test_old_state_dicts_are_upgraded():
+    old = {"mass_prior_edges": 1, "mass_prior_log_odds": 2, "node_weight": 3, "model.w": 4}
+    assert upgrade_state_dict(old) == {
+        "evidence.mass_prior_edges": 1,
+        "evidence.mass_prior_log_odds": 2,
+        "evidence.weight": 3,
+        "model.w": 4,
+    }
