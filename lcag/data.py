@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lcag.data_gen.shards import TopologyTable, read_manifest, sha256_of
 from lcag.errors import DatasetError
+from lcag.tree import DecayTree
 
 __all__ = ["BucketBatchSampler", "LCAGDataModule", "LCAGDataset", "collate"]
 
@@ -145,6 +146,40 @@ class LCAGDataset(Dataset):
             "topology": topology,
             "known": self.known_topologies()[topology],
         }
+
+    def true_tree(self, index: int) -> tuple[DecayTree, np.ndarray] | None:
+        """The decay tree of event ``index`` with its topology's names and nominal masses.
+
+        Returns:
+            ``(tree, leaves)``: the topology's tree with its leaves renumbered so that tree
+            leaf ``j`` is event leaf ``leaves[j]`` (background leaves, outside the tree, are
+            left out of ``leaves``), so ``tree_to_lcag(tree)`` is the event's LCAG on
+            ``leaves``; ``None`` when the shard does not record the leaf order.
+
+        Raises:
+            IndexError: ``index`` is out of range.
+            DatasetError: the shard cannot be read.
+        """
+        if not 0 <= index < self.length:
+            raise IndexError(f"{self.split}: event index out of range 0..{self.length - 1}")
+        event = int(self.events[index])
+        group_index = int(np.searchsorted(self.starts, event, side="right")) - 1
+        file_index, n = self.groups[group_index]
+        local = event - int(self.starts[group_index])
+        try:
+            group = self._file(file_index)[f"L{n}"]
+            if "order" not in group:
+                return None
+            order = group["order"][local].astype(np.int64)
+            topology = int(group["topology"][local])
+        except (OSError, KeyError) as exc:
+            raise DatasetError(
+                f"{self.files[file_index]}: cannot read /L{n} event {local} ({exc}); "
+                "regenerate it with lcag-generate"
+            ) from None
+        leaves = np.flatnonzero(order >= 0)
+        tree = self.topology_table().topology(topology).tree
+        return tree.permute_leaves(order[leaves]), leaves
 
     def known_topologies(self) -> np.ndarray:
         """``(T,)`` bool: which topology ids were used in training."""

@@ -7,9 +7,10 @@ Writes ``report.json``, ``report.md`` and PNG plots to ``--out``: the perfect-tr
 leaf count and against depth for the model with argmax, with valid-tree decoding from the pair
 scores alone, with valid-tree decoding and the mass prior (the full method), and the baseline,
 all on the same events; the model's LCAG confusion matrix; the reliability of the full
-method's tree probabilities (and their expected calibration error); three example events,
-true vs predicted trees. Known (``test``) and unseen (``test_unknown``) topologies are reported
-separately.
+method's tree probabilities (and their expected calibration error); three example events
+the full method got wrong, drawn as trees: the truth with its particles' names and masses,
+then the trees decoded from pair scores alone and with the mass prior, wrong nodes marked.
+Known (``test``) and unseen (``test_unknown``) topologies are reported separately.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from lcag.inference import Reconstructor
 __all__ = ["baseline_for", "evaluate", "main"]
 
 METHODS = ("argmax", "decoded", "full", "baseline")
+BASELINE_TUNE_EVENTS = 500  # validation events the baseline's likelihood is tuned on
 CALIBRATION_BINS = 10
 
 
@@ -50,10 +53,12 @@ def evaluate(
     reco = Reconstructor.from_checkpoint(checkpoint)
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "data": str(data), "splits": {}}
     examples = []
+    baseline = None
     for split in splits:
         dataset = LCAGDataset(data, split, max_events=max_events)
         dataset.verify()
-        baseline = baseline_for(dataset, baseline_max_leaves)
+        if baseline is None:  # one baseline for every split, tuned once on the validation split
+            baseline = baseline_for(dataset, baseline_max_leaves)
         depths = np.array([t.depth for t in dataset.topology_table()])
         result = _evaluate_split(reco, dataset, baseline, depths, batch_size)
         examples += result.pop("examples")
@@ -62,6 +67,11 @@ def evaluate(
         "masses": [float(m) for m in baseline.masses],
         "resolution": baseline.resolution,
         "max_leaves": baseline_max_leaves,
+        "method": baseline.method,
+        "node_penalty": baseline.node_penalty,
+        "resolution_scale": baseline.resolution_scale,
+        "width_scale": baseline.width_scale,
+        "kinematic_fit": baseline.total_momentum is not None,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     (out / "report.md").write_text(_markdown(report))
@@ -75,22 +85,64 @@ def evaluate(
     return report
 
 
-def baseline_for(dataset: LCAGDataset, max_leaves: int) -> CombinatorialBaseline:
-    """The baseline with the dataset's intermediate masses and its generation resolution."""
+def baseline_for(
+    dataset: LCAGDataset,
+    max_leaves: int,
+    *,
+    method: str = "likelihood",
+    tune_events: int = BASELINE_TUNE_EVENTS,
+    kinematic_fit: bool = True,
+) -> CombinatorialBaseline:
+    """The combinatorial baseline for a dataset, as good as the dataset's own description allows.
+
+    Masses and widths are the topologies' intermediate particles (the roots aside), the
+    resolution is the generation's. With ``method="likelihood"``:
+
+    - with ``kinematic_fit``, the event's total 4-momentum is fixed for the fit when every
+      event is one mother of known momentum and mass and nothing else (no background leaves,
+      one root mass: a root's mass is never drawn from its line shape);
+    - the free parameters are tuned (:meth:`CombinatorialBaseline.tune`) on up to
+      ``tune_events`` events of the dataset's ``val`` split with at most ``max_leaves``
+      leaves, when it has one.
+
+    ``method="window"`` is the chi-square window with its defaults, untuned and without the fit.
+    """
     table = dataset.topology_table()
     masses: dict[float, float] = {}
+    roots = set()
     for topology in table:
         tree = topology.tree
+        roots.add(float(tree.masses[tree.root]))
         for node in tree.inner_nodes:
             if node != tree.root:
                 masses[float(tree.masses[node])] = float(topology.widths[node])
     config = dataset.manifest.get("config", {})
-    resolution = float(config.get("kinematics", {}).get("momentum_resolution", 0.0))
+    kinematics = config.get("kinematics", {})
+    resolution = float(kinematics.get("momentum_resolution", 0.0))
     if not masses:  # only two-level trees: any mass below the root can match nothing
         masses = {float(table.masses.max()) * 2: 0.0}
-    return CombinatorialBaseline(
-        list(masses), widths=list(masses.values()), resolution=resolution, max_leaves=max_leaves
+    baseline = CombinatorialBaseline(
+        list(masses),
+        widths=list(masses.values()),
+        resolution=resolution,
+        max_leaves=max_leaves,
+        method=method,
     )
+    if method != "likelihood":
+        return baseline
+    mother = kinematics.get("mother_momentum")
+    known = mother is not None and len(roots) == 1 and not kinematics.get("background_mean", 0.0)
+    if kinematic_fit and known:
+        momentum = np.asarray(mother, dtype=np.float64)
+        energy = float(np.sqrt(momentum @ momentum + roots.pop() ** 2))
+        baseline = replace(baseline, total_momentum=[*momentum.tolist(), energy])
+    if "val" not in dataset.manifest["splits"]:
+        return baseline
+    val = LCAGDataset(dataset.root, "val", max_events=tune_events)
+    events = [e for e in val.__getitems__(range(len(val))) if len(e["x"]) <= max_leaves]
+    if not events:
+        return baseline
+    return baseline.tune([e["x"].astype(np.float64) for e in events], [e["target"] for e in events])
 
 
 def _evaluate_split(
@@ -145,7 +197,8 @@ def _evaluate_split(
             sizes.append(n)
             event_depths.append(int(depths[event["topology"]]))
             if len(examples) < 3 and n >= 4 and not perfect["full"][-1]:
-                examples.append((dataset.split, truth, full[k][np.ix_(real, real)]))
+                trees = {"decoded": d, "full": full[k][np.ix_(real, real)]}
+                examples.append(_example(dataset, start + k, event, truth, trees))
     sizes_arr, depth_arr = np.array(sizes), np.array(event_depths)
     result: dict[str, Any] = {"events": len(sizes), "overall": {}, "leaves": {}, "depth": {}}
     for method in METHODS:
@@ -191,6 +244,29 @@ def calibration(
     return {"ece": float(ece), "events": len(probability), "bins": bins}
 
 
+def _example(
+    dataset: LCAGDataset,
+    index: int,
+    event: dict[str, Any],
+    truth: np.ndarray,
+    predictions: dict[str, np.ndarray],
+) -> Any:
+    """An example event for the report's ``examples.png`` (an ``lcag.plots.Example``): the
+    true tree with the topology's names and masses, the predicted trees, the momenta."""
+    from lcag.plots import Example
+
+    found = dataset.true_tree(index)
+    return Example(
+        split=dataset.split,
+        truth=truth,
+        predictions=predictions,
+        momenta=np.asarray(event["x"], dtype=np.float64),
+        true_tree=None if found is None else found[0],
+        true_leaves=None if found is None else found[1],
+        event=index,
+    )
+
+
 def _rate(flags: np.ndarray) -> dict[str, float | int]:
     attempted = flags[~np.isnan(flags)]
     return {"rate": float(attempted.mean()) if attempted.size else float("nan"),
@@ -224,9 +300,19 @@ def _markdown(report: dict[str, Any]) -> str:
             f"`reliability.png`).\n"
         )
     baseline = report["baseline"]
+    if baseline.get("method", "window") == "likelihood":
+        how = (
+            f"likelihood of every leaf subset's invariant mass under {len(baseline['masses'])} "
+            f"intermediate particles' line shapes (node penalty {baseline['node_penalty']:g}, "
+            f"resolution x {baseline['resolution_scale']:g}, widths x "
+            f"{baseline['width_scale']:g}"
+            + (", kinematic fit to the mother" if baseline.get("kinematic_fit") else "")
+            + ")"
+        )
+    else:
+        how = f"invariant-mass matching to {len(baseline['masses'])} intermediate masses"
     lines.append(
-        f"Baseline: invariant-mass matching to {len(baseline['masses'])} intermediate masses, "
-        f"momentum resolution {baseline['resolution']:g}, events with at most "
+        f"Baseline: {how}, momentum resolution {baseline['resolution']:g}, events with at most "
         f"{baseline['max_leaves']} leaves.\n"
     )
     return "\n".join(lines)

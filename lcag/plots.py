@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lcag.matrix import lcag_to_tree
+from lcag.matrix import lcag_to_tree, tree_to_lcag
+from lcag.tree import DecayTree
+from lcag.tree_plot import leaf_sets
 
-__all__ = ["plot_confusion", "plot_examples", "plot_rates", "plot_reliability"]
+__all__ = ["Example", "plot_confusion", "plot_examples", "plot_rates", "plot_reliability"]
 
 LABELS = {
     "argmax": "model, argmax",
@@ -80,24 +84,149 @@ def plot_confusion(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_examples(examples: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
-    """Example events: the true and the predicted tree side by side (ASCII drawings)."""
+@dataclass(frozen=True)
+class Example:
+    """One example event of a report: its true tree and the predicted ones.
+
+    Attributes:
+        split: the dataset split the event comes from.
+        truth: ``(n, n)`` the true LCAG, 0 on the diagonal (and on background leaves' rows).
+        predictions: panel key (a method of :data:`LABELS`, or any title) -> ``(n, n)``
+            predicted LCAG, drawn in this order.
+        momenta: ``(n, 4)`` the leaves' ``(px, py, pz, E)``: predicted nodes are labelled with
+            the invariant mass of their leaves.
+        true_tree: the truth with the topology's names and nominal masses, its leaf ``j``
+            being event leaf ``true_leaves[j]`` (as ``LCAGDataset.true_tree`` returns it);
+            default: the tree of ``truth``, unlabelled.
+        true_leaves: see ``true_tree``.
+        event: the event's index in its split, for the title.
+    """
+
+    split: str
+    truth: np.ndarray
+    predictions: Mapping[str, np.ndarray]
+    momenta: np.ndarray | None = None
+    true_tree: DecayTree | None = None
+    true_leaves: np.ndarray | None = None
+    event: int | None = None
+
+
+def plot_examples(
+    examples: Sequence[Example | tuple[str, np.ndarray, np.ndarray]], path: Path
+) -> None:
+    """Example events, one row each: the true tree, then each predicted tree, as diagrams.
+
+    A predicted node whose leaf set is no node of the truth is red; the truth's nodes that
+    the last prediction (the full method) missed are orange. A predicted node that is a
+    true one takes the truth's name; its mass is its leaves' invariant mass. A tuple
+    ``(split, truth, predicted)`` is taken as an :class:`Example` with one prediction.
+    """
+    from lcag.tree_plot import differing_nodes, draw_tree
+
     plt = _pyplot()
-    rows = max(len(examples), 1)
-    figure, axes = plt.subplots(rows, 2, figsize=(8, 2.6 * rows), squeeze=False)
-    for row, (split, truth, predicted) in enumerate(examples):
-        for column, (title, matrix) in enumerate((("true", truth), ("predicted", predicted))):
-            axis = axes[row][column]
+    rows = [_as_example(e) for e in examples]
+    columns = 1 + max((len(e.predictions) for e in rows), default=1)
+    figure, axes = plt.subplots(len(rows) or 1, columns, figsize=(3.9 * columns,
+                                3.3 * max(len(rows), 1)), squeeze=False)  # fmt: skip
+    for axis_row, example in zip(axes, rows, strict=False):
+        truth, truth_leaves, background = _true_tree(example)
+        trees = {key: lcag_to_tree(m) for key, m in example.predictions.items()}
+        last = list(trees)[-1] if trees else None
+        where = f"{example.split}" + ("" if example.event is None else f" event {example.event}")
+        n = len(example.truth)
+        draw_tree(axis_row[0], truth, leaf_ids=truth_leaves, extra_leaves=background,
+                  compare_to=None if last is None else trees[last], mark_color=MISSED,
+                  title=f"{where}, {n} leaves: true tree"
+                  + ("" if last is None else f"\n(orange: missed by {_label(last)})"))  # fmt: skip
+        truth_names = _names_by_leaf_set(truth, truth_leaves)
+        for axis, (key, tree) in zip(axis_row[1:], trees.items(), strict=False):
+            right = np.array_equal(_zero_diagonal(example.predictions[key]),
+                                   _zero_diagonal(example.truth))  # fmt: skip
+            wrong = draw_tree(axis, _named(tree, truth_names), compare_to=truth,
+                              compare_leaf_ids=truth_leaves, momenta=example.momenta)  # fmt: skip
+            missed = differing_nodes(truth, tree, leaf_ids=truth_leaves)
+            verdict = "right" if right else f"wrong: {len(wrong)} false, {len(missed)} missed"
+            axis.set_title(f"{_label(key)}\n{verdict}", fontsize=8,
+                           color=RIGHT if right else WRONG)  # fmt: skip
+        for axis in axis_row[1 + len(trees) :]:
+            axis.set_axis_off()
+    if not rows:
+        for axis in axes[0]:
             axis.axis("off")
-            axis.set_title(f"{split}: {title}", fontsize=9, loc="left")
-            axis.text(0, 1, lcag_to_tree(matrix).draw(), family="monospace", fontsize=7, va="top")
-    if not examples:
-        axes[0][0].axis("off")
-        axes[0][1].axis("off")
         axes[0][0].text(0, 0.5, "every event was reconstructed perfectly", fontsize=9)
-    figure.tight_layout()
+    else:
+        figure.legend(handles=_legend_handles(), loc="lower center", ncol=4, fontsize=7,
+                      frameon=False)  # fmt: skip
+    figure.tight_layout(rect=(0, 0.04 if rows else 0, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+MISSED = "tab:orange"
+RIGHT = "tab:green"
+WRONG = "tab:red"
+
+
+def _label(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+def _as_example(example: Example | tuple[str, np.ndarray, np.ndarray]) -> Example:
+    if isinstance(example, Example):
+        return example
+    split, truth, predicted = example
+    return Example(split, np.asarray(truth), {"predicted": np.asarray(predicted)})
+
+
+def _zero_diagonal(matrix: np.ndarray) -> np.ndarray:
+    out = np.array(matrix, dtype=np.int64)
+    np.fill_diagonal(out, 0)
+    return out
+
+
+def _true_tree(example: Example) -> tuple[DecayTree, np.ndarray, list[int]]:
+    """The truth to draw, the event leaf of each of its leaves, and the background leaves."""
+    truth = _zero_diagonal(example.truth)
+    signal = np.flatnonzero((truth > 0).any(axis=1)) if len(truth) > 1 else np.arange(1)
+    background = sorted(set(range(len(truth))) - set(signal.tolist()))
+    tree = example.true_tree
+    if tree is not None and example.true_leaves is not None:
+        leaves = np.asarray(example.true_leaves)
+        if np.array_equal(leaves, signal) and np.array_equal(
+            tree_to_lcag(tree), truth[np.ix_(signal, signal)]
+        ):
+            return tree, leaves, background
+    return lcag_to_tree(truth[np.ix_(signal, signal)]), signal, background
+
+
+def _names_by_leaf_set(tree: DecayTree, leaf_ids: np.ndarray) -> dict[frozenset[int], str]:
+    if tree.names is None:
+        return {}
+    sets = leaf_sets(tree, leaf_ids)
+    return {sets[n]: tree.names[n] for n in range(tree.n_nodes) if tree.names[n]}
+
+
+def _named(tree: DecayTree, names: dict[frozenset[int], str]) -> DecayTree:
+    """``tree`` with the truth's names on the nodes (and leaves) that are true ones."""
+    if not names:
+        return tree
+    sets = leaf_sets(tree)
+    return DecayTree(tree.parents, names=[names.get(s) for s in sets])
+
+
+def _legend_handles() -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    def marker(shape: str, face: str, text: str) -> Any:
+        return Line2D([], [], ls="", marker=shape, markerfacecolor=face, markeredgecolor="0.15",
+                      markersize=7, label=text)  # fmt: skip
+
+    return [
+        marker("o", "white", "leaf (event index)"),
+        marker("s", "tab:blue", "particle (mass: nominal if true, else of its leaves)"),
+        marker("s", WRONG, "predicted, not in the truth"),
+        marker("s", MISSED, "true, missed"),
+    ]
 
 
 def plot_reliability(report: dict[str, Any], path: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 import lcag.data
 from lcag.data import BucketBatchSampler, LCAGDataModule, LCAGDataset, collate
 from lcag.errors import DatasetError
+from lcag.matrix import tree_to_lcag
 
 
 def test_events_match_the_shards(tiny_data):
@@ -31,6 +32,27 @@ def test_events_match_the_shards(tiny_data):
         assert event["known"]
         off = ~np.eye(n, dtype=bool)
         assert (event["target"][off] >= 1).all()
+
+
+def test_true_tree_is_the_events_tree_with_masses(tiny_data):
+    dataset = LCAGDataset(tiny_data, "test_unknown")
+    table = dataset.topology_table()
+    for index in (0, 17, len(dataset) - 1):
+        event = dataset[index]
+        tree, leaves = dataset.true_tree(index)
+        n = len(event["x"])
+        np.testing.assert_array_equal(leaves, np.arange(n))  # tiny has no background leaves
+        target = event["target"].copy()
+        np.fill_diagonal(target, 0)
+        np.testing.assert_array_equal(tree_to_lcag(tree), target)
+        nominal = table.topology(int(event["topology"])).tree
+        assert tree.isomorphic(nominal, labels=True)  # the topology's names and masses
+        # each leaf's nominal mass is its 4-momentum's (tiny: no smearing; masses 1..12)
+        px, py, pz, energy = event["x"].astype(np.float64).T
+        mass = np.sqrt(np.maximum(energy**2 - px**2 - py**2 - pz**2, 0))
+        np.testing.assert_allclose(mass, tree.masses[:n], rtol=1e-3)  # float32 momenta
+    with pytest.raises(IndexError):
+        dataset.true_tree(len(dataset))
 
 
 def test_unseen_topologies_are_flagged(tiny_data):
