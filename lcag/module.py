@@ -199,6 +199,13 @@ class LCAGModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what the checkpoint is (``lcag info``): the lcag version, the training data
+        (from the data module's manifest) and the validation figures of these weights."""
+        from lcag.export.info import training_facts
+
+        checkpoint["lcag_info"] = training_facts(self)
+
     # -------------------------------------------------------------------------- steps
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Masked cross-entropy (focal when ``focal_gamma > 0``); -1 targets are ignored.
@@ -223,17 +230,8 @@ class LCAGModule(pl.LightningModule):
         mask, target, n_leaves = batch["mask"], batch["target"], batch["n_leaves"]
         logits, leaves = self.forward_with_leaves(batch["x"], mask)
         loss = self.loss(logits, target)
-        tree_loss = subset == "train" and self.hparams.tree_loss_weight > 0
-        samples = self.hparams.subset_loss_samples if subset == "train" and not tree_loss else None
-        head = self.evidence.loss(batch["x"], mask, leaves, target, samples)
-        if head is not None:
-            self._log_extra(f"{subset}/subset_loss", head[0], len(target), subset)
-            loss = loss + self.hparams.subset_loss_weight * head[0]
-        if tree_loss:
-            nll = self._tree_loss(logits, target, mask, None if head is None else head[1])
-            if nll is not None:
-                self._log_extra("train/tree_nll", nll, len(target), subset)
-                loss = loss + self.hparams.tree_loss_weight * nll
+        if subset == "train":  # the node losses train; evaluation reports the pair loss
+            loss = self._node_losses(loss, logits, leaves, batch)
         pred = _as_lcag(logits.argmax(dim=1), mask)
         metrics = self.metrics[f"{subset}_set"]
         metrics["perfect_argmax"].update(pred, target, n_leaves)
@@ -254,16 +252,29 @@ class LCAGModule(pl.LightningModule):
         )
         return loss
 
-    def _log_extra(self, name: str, value: torch.Tensor, batch_size: int, subset: str) -> None:
-        self.log(
-            name,
-            value,
-            batch_size=batch_size,
-            on_step=False,
-            on_epoch=True,
-            add_dataloader_idx=False,
-            sync_dist=subset != "train",
-        )
+    def _node_losses(
+        self,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        leaves: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Add the subset head's loss and the tree loss (when configured) to a training
+        batch's pair loss. Not at evaluation: batches without candidate subsets (two leaves)
+        have no subset loss, and ranks would then log different keys under DDP."""
+        x, mask, target = batch["x"], batch["mask"], batch["target"]
+        tree_loss = self.hparams.tree_loss_weight > 0
+        samples = None if tree_loss else self.hparams.subset_loss_samples
+        head = self.evidence.loss(x, mask, leaves, target, samples)
+        if head is not None:
+            self.log("train/subset_loss", head[0], batch_size=len(target), on_epoch=True)
+            loss = loss + self.hparams.subset_loss_weight * head[0]
+        if tree_loss:
+            nll = self._tree_loss(logits, target, mask, None if head is None else head[1])
+            if nll is not None:
+                self.log("train/tree_nll", nll, batch_size=len(target), on_epoch=True)
+                loss = loss + self.hparams.tree_loss_weight * nll
+        return loss
 
     def _tree_loss(
         self,

@@ -57,7 +57,8 @@ def test_subset_kinematics_of_a_pair():
     k = subset_kinematics(x, mask)
     assert k.shape == (1, 8, 4)
     assert np.isclose(k[0, 0b011, 0], np.log1p(4.0))  # two back-to-back leaves: m = 4
-    assert np.isclose(k[0, 0b111, 1], 1.0) and np.isclose(k[0, 0b011, 2], 2 / 3)
+    assert np.isclose(k[0, 0b111, 1], 1.0)
+    assert np.isclose(k[0, 0b011, 2], 2 / 3)
 
 
 def test_subset_head_is_permutation_equivariant_over_subsets():
@@ -109,8 +110,10 @@ def test_head_loss_trains_towards_the_true_nodes():
         loss.backward()
         optimiser.step()
     scores = evidence.scores(x, mask, leaves)[0]
-    assert scores[0b0011] > 0 and scores[0b1100] > 0  # the true nodes
-    assert scores[0b0101] < 0 and scores[0b0111] < 0  # others
+    assert scores[0b0011] > 0
+    assert scores[0b1100] > 0
+    assert scores[0b0101] < 0
+    assert scores[0b0111] < 0
 
 
 def test_bad_kind_and_missing_width_are_config_errors():

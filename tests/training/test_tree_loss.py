@@ -53,7 +53,8 @@ def test_gradients_are_marginals(event):
     pair_mass = scores.grad[0].sum(-1).numpy()[upper]
     assert np.allclose(pair_mass, 1.0, atol=1e-9)
     node_grad = node.grad[0].numpy()
-    assert np.all(node_grad >= -1e-12) and np.all(node_grad <= 1 + 1e-9)
+    assert np.all(node_grad >= -1e-12)
+    assert np.all(node_grad <= 1 + 1e-9)
     assert abs(node_grad[(1 << L) - 1] - 1.0) < 1e-9
 
 
