@@ -53,6 +53,7 @@ def train_and_test(
 ) -> dict:
     import lightning.pytorch as pl
 
+    from lcag.callbacks import TreeCalibration
     from lcag.data import LCAGDataModule
     from lcag.models.base import LCAGModel
     from lcag.module import LCAGModule
@@ -77,7 +78,7 @@ def train_and_test(
         accelerator="cpu",
         max_time={"minutes": minutes},
         max_epochs=1000,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, TreeCalibration()],
         logger=pl.loggers.CSVLogger(out, name=name),
         enable_progress_bar=False,
         use_distributed_sampler=False,

@@ -1,14 +1,17 @@
-"""Lightning callbacks: the results table printed (and saved) after ``lcag test``."""
+"""Lightning callbacks: the results table printed (and saved) after ``lcag test``, and the
+calibration of tree probabilities written into the best checkpoint after ``lcag fit``."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
-__all__ = ["ResultsTable", "results_tables"]
+__all__ = ["ResultsTable", "TreeCalibration", "calibrate_checkpoint", "results_tables"]
 
 SUBSET_LABELS = {"test": "known topologies", "test_unseen": "unseen topologies"}
 
@@ -44,6 +47,48 @@ class ResultsTable(pl.Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
         console.print(f"results in {path}")
+
+
+class TreeCalibration(pl.Callback):
+    """After fitting, fit the tree temperature (:meth:`lcag.Reconstructor.calibrate`) of the
+    best checkpoint on validation events and write it into that checkpoint, so that every
+    ``Reconstruction.probability`` read from it is calibrated.
+
+    Args:
+        max_events: validation events used (at most ``EXACT_MAX_LEAVES`` leaves each).
+    """
+
+    def __init__(self, max_events: int = 1000) -> None:
+        self.max_events = max_events
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        callback = trainer.checkpoint_callback
+        path = getattr(callback, "best_model_path", "") if callback else ""
+        datamodule = getattr(trainer, "datamodule", None)
+        if path and datamodule is not None and trainer.global_rank == 0:
+            temperature = calibrate_checkpoint(path, datamodule.data_dir, self.max_events)
+            print(f"tree probabilities calibrated on validation: temperature {temperature:.3g}")
+        trainer.strategy.barrier()
+
+
+def calibrate_checkpoint(path: str | Path, data_dir: str | Path, max_events: int = 1000) -> float:
+    """Fit the tree temperature of checkpoint ``path`` on the validation split of
+    ``data_dir`` and write it into the checkpoint (``tree_temperature``; the file is replaced
+    atomically). Returns the temperature."""
+    from lcag.checkpoints import load_checkpoint
+    from lcag.data import LCAGDataset
+    from lcag.inference import Reconstructor
+
+    val = LCAGDataset(data_dir, "val", max_events=max_events)
+    temperature = Reconstructor.from_checkpoint(path).calibrate(
+        val.__getitems__(range(len(val)))
+    )
+    checkpoint = load_checkpoint(path)
+    checkpoint["state_dict"]["tree_temperature"] = torch.tensor(temperature, dtype=torch.float64)
+    partial = Path(f"{path}.calibrating")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)
+    return temperature
 
 
 def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:

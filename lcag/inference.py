@@ -27,6 +27,7 @@ from lcag.decode import decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
 from lcag.errors import CheckpointError
 from lcag.events import as_padded
+from lcag.evidence.calibration import events_by_size, fit_temperature, scaled
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
 from lcag.features import check_pair_features, normalise, pair_features
@@ -78,6 +79,8 @@ class Reconstructor:
             subset head, and the weight chosen on validation in training), or ``None``.
         mass_prior, node_weight: a :class:`lcag.evidence.MassPrior` and its weight, a
             shorthand for ``evidence`` of kind ``mass_prior``.
+        temperature: the tree score's temperature for probabilities (:meth:`calibrate`;
+            stored in checkpoints by :class:`lcag.callbacks.TreeCalibration`).
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Reconstructor:
         evidence: NodeEvidence | None = None,
         mass_prior: MassPrior | None = None,
         node_weight: float = 0.0,
+        temperature: float = 1.0,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -103,6 +107,7 @@ class Reconstructor:
             evidence = NodeEvidence("mass_prior", n_bins=len(mass_prior.edges) - 1)
             evidence.set_prior(mass_prior)
             evidence.weight.fill_(float(node_weight))
+        self.temperature = float(temperature)
         self.evidence = None if evidence is None else evidence.to(self.device).eval()
         if self.evidence is not None and self.evidence.kind == "none":
             self.evidence = None
@@ -135,6 +140,7 @@ class Reconstructor:
             evidence.load_state_dict(
                 {k[9:]: v for k, v in state.items() if k.startswith("evidence.")}
             )
+            temperature = float(state.get("tree_temperature", 1.0))
         except (RuntimeError, KeyError) as exc:
             raise CheckpointError(
                 f"{path}: weights do not fit the stored model configuration ({one_line(exc)})"
@@ -147,6 +153,7 @@ class Reconstructor:
             max_leaves=int(hparams.get("max_leaves", 64)),
             device=device,
             evidence=evidence,
+            temperature=temperature,
         )
 
     @torch.inference_mode()
@@ -172,6 +179,30 @@ class Reconstructor:
         """Weighted node evidence ``(N, 2^L)`` for ``x (N, L, 4)``, or ``None`` when the model
         has none (or ``L`` is too large for node scores)."""
         return self._run(x, mask)[1]
+
+    def calibrate(self, events: list[dict[str, Any]], batch_size: int = 1024) -> float:
+        """Fit the tree temperature on events with known trees and keep it.
+
+        Args:
+            events: dicts with ``x (L, F)`` leaves and ``target (L, L)`` the true LCAG (as
+                :class:`lcag.data.LCAGDataset` gives them); events above
+                ``EXACT_MAX_LEAVES`` leaves are left out.
+
+        Returns:
+            The temperature (:func:`lcag.evidence.calibration.fit_temperature`).
+        """
+        groups = []
+        for n, members in sorted(events_by_size(events).items()):
+            for start in range(0, len(members), batch_size):
+                chunk = members[start : start + batch_size]
+                x = np.stack([e["x"] for e in chunk]).astype(np.float32)
+                mask = np.ones((len(chunk), n), dtype=bool)
+                truth = np.stack([e["target"] for e in chunk]).astype(np.int64)
+                truth[:, np.arange(n), np.arange(n)] = 0
+                probs, nodes = self._run(x, mask)
+                groups.append((probs.astype(np.float64), mask, nodes, truth))
+        self.temperature = fit_temperature(groups)
+        return self.temperature
 
     def reconstruct(
         self,
@@ -216,21 +247,28 @@ class Reconstructor:
             nodes = nodes if node_evidence else None
             decoded = decode(probs, mb, node_scores=nodes, method=method)
             scores = tree_score(decoded, probs, mb, node_scores=nodes)
-            log_z = log_partition(probs, mb, node_scores=nodes)
+            hot_probs, hot_nodes = scaled(probs, nodes, self.temperature)
+            log_z = log_partition(hot_probs, mb, node_scores=hot_nodes)
+            beta = 1.0 / self.temperature
             best = lcag_top_k(probs, top_k, mb, node_scores=nodes) if top_k > 1 else None
             for k, event in enumerate(events):
                 real = np.flatnonzero(mb[k])
                 alternatives = ()
                 if best is not None:
                     alternatives = tuple(
-                        (M[np.ix_(real, real)], float(np.exp(min(score - log_z[k], 0.0))))
+                        (M[np.ix_(real, real)], _probability(beta, score, log_z[k]))
                         for M, score in best[k]
                     )
                 out[int(event)] = Reconstruction(
                     lcag=decoded[k][np.ix_(real, real)],
                     probs=probs[k][np.ix_(real, real)],
                     score=float(scores[k]),
-                    probability=float(np.exp(min(scores[k] - log_z[k], 0.0))),  # rounding
+                    probability=_probability(beta, scores[k], log_z[k]),
                     alternatives=alternatives,
                 )
         return [out[i] for i in range(len(x))]
+
+
+def _probability(beta: float, score: float, log_z: float) -> float:
+    """``exp(score / t - log Z_t)``, at most 1 (rounding)."""
+    return float(np.exp(min(beta * score - log_z, 0.0)))

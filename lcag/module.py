@@ -141,6 +141,8 @@ class LCAGModule(pl.LightningModule):
         self.evidence = NodeEvidence(
             node_evidence, model.leaf_dim, mass_prior_bins, subset_head_hidden
         )
+        # the tree score's temperature for probabilities (lcag.callbacks.TreeCalibration)
+        self.register_buffer("tree_temperature", torch.tensor(1.0, dtype=torch.float64))
         self.node_weights = [float(w) for w in (node_weights or DEFAULT_NODE_WEIGHTS)]
         self.weight_metrics = nn.ModuleDict(  # validation rate at each candidate weight
             {

@@ -31,3 +31,42 @@ def test_report_holds_the_full_method_and_its_reliability(checkpoint, tiny_data,
     assert 0.0 <= known["calibration"]["ece"] <= 1.0
     assert (tmp_path / "reliability.png").stat().st_size > 0
     assert "expected calibration error" in (tmp_path / "report.md").read_text()
+
+
+def test_temperature_maximises_the_true_trees_likelihood():
+    from lcag.evidence.calibration import fit_temperature, tree_log_likelihood
+    from lcag.matrix import tree_to_lcag
+    from lcag.tree import DecayTree
+
+    truth = tree_to_lcag(DecayTree.from_nested(((0, 1), (2, (3, 4)))))
+    other = tree_to_lcag(DecayTree.from_nested(((0, 2), (1, (3, 4)))))
+    # sure of a tree, and wrong about it in 12 of 40 events
+    favoured = np.stack([other if k < 12 else truth for k in range(40)])
+    probs = np.full((40, 5, 5, 4), 1e-3)
+    np.put_along_axis(probs, favoured[..., None], 1.0, axis=-1)
+    groups = [(probs, np.ones((40, 5), dtype=bool), None, np.broadcast_to(truth, (40, 5, 5)))]
+    t = fit_temperature(groups)
+    assert t > 1.5  # sure but often wrong: the probabilities must soften
+    best = tree_log_likelihood(groups, t)
+    for other in (1.0, t * 1.3, t / 1.3):
+        assert best >= tree_log_likelihood(groups, other)
+
+
+def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_path):
+    import shutil
+
+    from lcag import Reconstructor
+    from lcag.callbacks import calibrate_checkpoint
+    from lcag.data import LCAGDataset
+
+    path = tmp_path / "model.ckpt"
+    shutil.copy(checkpoint, path)
+    temperature = calibrate_checkpoint(path, tiny_data, max_events=200)
+    assert temperature != 1.0
+    before, after = Reconstructor.from_checkpoint(checkpoint), Reconstructor.from_checkpoint(path)
+    assert after.temperature == pytest.approx(temperature)
+    events = [e["x"] for e in LCAGDataset(tiny_data, "test").__getitems__(range(0, 600, 30))]
+    old, new = before.reconstruct(events), after.reconstruct(events)
+    for a, b in zip(old, new, strict=True):
+        np.testing.assert_array_equal(a.lcag, b.lcag)  # the trees do not change
+    assert any(abs(a.probability - b.probability) > 1e-6 for a, b in zip(old, new, strict=True))

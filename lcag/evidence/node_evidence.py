@@ -200,9 +200,9 @@ _RENAMED = {"mass_prior_edges", "mass_prior_log_odds"}
 
 def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Move a checkpoint's node-evidence buffers from the module's top level (checkpoints
-    written before :class:`NodeEvidence` existed) to ``evidence.*``, and give it the prior's
-    own weight when it has none (the prior was then the whole evidence); others pass
-    unchanged."""
+    written before :class:`NodeEvidence` existed) to ``evidence.*``, give it the prior's own
+    weight when it has none (the prior was then the whole evidence) and a tree temperature of
+    1 (uncalibrated); others pass unchanged."""
     out = {}
     for key, value in state.items():
         if key in _RENAMED:
@@ -213,4 +213,6 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[key] = value
     if "evidence.weight" in out and "evidence.prior_weight" not in out:
         out["evidence.prior_weight"] = out["evidence.weight"]
+    if "feature_mean" in out and "tree_temperature" not in out:  # an uncalibrated module
+        out["tree_temperature"] = torch.tensor(1.0, dtype=torch.float64)
     return out
