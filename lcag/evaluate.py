@@ -5,11 +5,11 @@
 
 Writes ``report.json``, ``report.md`` and PNG plots to ``--out``: the perfect-tree rate against
 leaf count and against depth for the model with argmax, with valid-tree decoding from the pair
-scores alone, with valid-tree decoding and the mass prior (the full method), and the baseline,
-all on the same events; the model's LCAG confusion matrix; the reliability of the full
+scores alone, with valid-tree decoding and the model's node evidence (the full method), and
+the baseline, all on the same events; the model's LCAG confusion matrix; the reliability of the full
 method's tree probabilities (and their expected calibration error); three example events
 the full method got wrong, drawn as trees: the truth with its particles' names and masses,
-then the trees decoded from pair scores alone and with the mass prior, wrong nodes marked.
+then the trees decoded from pair scores alone and with the node evidence, wrong nodes marked.
 Known (``test``) and unseen (``test_unknown``) topologies are reported separately.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from lcag.baselines import CombinatorialBaseline
 from lcag.console import run_console
 from lcag.data import LCAGDataset, collate
-from lcag.decode import decode, log_partition, tree_score
+from lcag.decode import decode
 from lcag.inference import Reconstructor
 
 __all__ = ["baseline_for", "evaluate", "main"]
@@ -169,10 +169,7 @@ def _evaluate_split(
         decoded = decode(probs, mask)
         nodes = reco.node_scores(x, mask)
         full = decode(probs, mask, node_scores=nodes)
-        log_probability = tree_score(full, probs, mask, node_scores=nodes) - log_partition(
-            probs, mask, node_scores=nodes
-        )
-        tree_probability = np.exp(np.minimum(log_probability, 0.0))  # log Z >= score, rounded
+        tree_probability = reco.tree_probability(full, probs, mask, nodes)
         if confusion is None:
             confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         valid = target >= 0
@@ -280,7 +277,7 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(f"## {split} ({label}, {result['events']} events)\n")
         lines.append(
             "| leaves | model, argmax | model, valid tree (pairs only) | "
-            "model, valid tree + mass prior | baseline |"
+            "model, full method (+ node evidence) | baseline |"
         )
         lines.append("|---:|---:|---:|---:|---:|")
         for n in sorted(result["leaves"]["argmax"], key=int):

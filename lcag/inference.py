@@ -204,6 +204,23 @@ class Reconstructor:
         self.temperature = fit_temperature(groups)
         return self.temperature
 
+    def log_partition(
+        self, probs: np.ndarray, mask: np.ndarray, nodes: np.ndarray | None
+    ) -> np.ndarray:
+        """``log Z_t`` ``(N,)`` of the tree scores over the temperature ``t``, for pair
+        probabilities ``(N, L, L, C)``, ``mask (N, L)`` and weighted node scores ``(N, 2^L)``."""
+        hot_probs, hot_nodes = scaled(probs, nodes, self.temperature)
+        return log_partition(hot_probs, mask, node_scores=hot_nodes)
+
+    def tree_probability(
+        self, lcag: np.ndarray, probs: np.ndarray, mask: np.ndarray, nodes: np.ndarray | None
+    ) -> np.ndarray:
+        """The calibrated probability ``(N,)`` of each event's tree ``lcag (N, L, L)`` among
+        all valid trees (inputs as in :meth:`log_partition`; NaN above ``EXACT_MAX_LEAVES``)."""
+        scores = tree_score(lcag, probs, mask, node_scores=nodes)
+        log_z = self.log_partition(probs, mask, nodes)
+        return np.exp(np.minimum(scores / self.temperature - log_z, 0.0))
+
     def reconstruct(
         self,
         leaves: Any,
@@ -247,8 +264,7 @@ class Reconstructor:
             nodes = nodes if node_evidence else None
             decoded = decode(probs, mb, node_scores=nodes, method=method)
             scores = tree_score(decoded, probs, mb, node_scores=nodes)
-            hot_probs, hot_nodes = scaled(probs, nodes, self.temperature)
-            log_z = log_partition(hot_probs, mb, node_scores=hot_nodes)
+            log_z = self.log_partition(probs, mb, nodes)
             beta = 1.0 / self.temperature
             best = lcag_top_k(probs, top_k, mb, node_scores=nodes) if top_k > 1 else None
             for k, event in enumerate(events):
