@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 __all__ = ["ResultsTable", "TreeCalibration", "calibrate_checkpoint", "results_tables"]
@@ -67,24 +68,25 @@ class TreeCalibration(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if path and datamodule is not None and trainer.global_rank == 0:
             temperature = calibrate_checkpoint(path, datamodule.data_dir, self.max_events)
-            print(f"tree probabilities calibrated on validation: temperature {temperature:.3g}")
+            shown = ", ".join(f"{t:.3g}" for t in temperature[2:])
+            print(f"tree probabilities calibrated on validation: temperatures {shown} (2.. leaves)")
         trainer.strategy.barrier()
 
 
-def calibrate_checkpoint(path: str | Path, data_dir: str | Path, max_events: int = 1000) -> float:
-    """Fit the tree temperature of checkpoint ``path`` on the validation split of
-    ``data_dir`` and write it into the checkpoint (``tree_temperature``; the file is replaced
-    atomically). Returns the temperature."""
+def calibrate_checkpoint(
+    path: str | Path, data_dir: str | Path, max_events: int = 1000
+) -> np.ndarray:
+    """Fit the tree temperatures (one per leaf count) of checkpoint ``path`` on the
+    validation split of ``data_dir`` and write them into the checkpoint
+    (``tree_temperature``; the file is replaced atomically). Returns them."""
     from lcag.checkpoints import load_checkpoint
     from lcag.data import LCAGDataset
     from lcag.inference import Reconstructor
 
     val = LCAGDataset(data_dir, "val", max_events=max_events)
-    temperature = Reconstructor.from_checkpoint(path).calibrate(
-        val.__getitems__(range(len(val)))
-    )
+    temperature = Reconstructor.from_checkpoint(path).calibrate(val.__getitems__(range(len(val))))
     checkpoint = load_checkpoint(path)
-    checkpoint["state_dict"]["tree_temperature"] = torch.tensor(temperature, dtype=torch.float64)
+    checkpoint["state_dict"]["tree_temperature"] = torch.from_numpy(temperature.copy())
     partial = Path(f"{path}.calibrating")
     torch.save(checkpoint, partial)
     os.replace(partial, path)

@@ -2,6 +2,8 @@
 
     lcag fit --config configs/fit/tiny_transformer.yaml
     lcag test --config configs/fit/tiny_transformer.yaml --ckpt_path best
+    lcag export --ckpt best.ckpt --format onnx --out model.onnx    # lcag.export.cli
+    lcag info best.ckpt
 
 A config file is the whole experiment: model (by ``class_path``), data, trainer, callbacks.
 Every run logs its energy: a config without an :class:`lcag.energy.EnergyLogger` callback gets
@@ -31,6 +33,8 @@ from lcag.checkpoints import load_checkpoint
 from lcag.console import run_console
 from lcag.data import LCAGDataModule
 from lcag.energy.callback import EnergyLogger
+from lcag.export.cli import SUBCOMMANDS as EXPORT_SUBCOMMANDS
+from lcag.export.cli import main as export_main
 from lcag.module import LCAGModule
 
 __all__ = ["LCAGCLI", "main", "quiet_known_warnings", "tensorboard_without_tensorflow"]
@@ -101,7 +105,14 @@ def _is_local_file_path(ckpt_path: str) -> bool:
 
 
 def main(args: list[str] | None = None) -> int:
-    """``lcag fit|validate|test|predict``; returns the exit status."""
+    """``lcag fit|validate|test|predict|export|info``; returns the exit status.
+
+    ``export`` and ``info`` (:mod:`lcag.export.cli`) are plain argparse commands, run before
+    (and without) LightningCLI.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in EXPORT_SUBCOMMANDS:
+        return export_main(argv)
     quiet_known_warnings()
     tensorboard_without_tensorflow()
 

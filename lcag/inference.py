@@ -27,7 +27,12 @@ from lcag.decode import decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
 from lcag.errors import CheckpointError
 from lcag.events import as_padded
-from lcag.evidence.calibration import events_by_size, fit_temperature, scaled
+from lcag.evidence.calibration import (
+    events_by_size,
+    fit_temperatures,
+    scaled,
+    temperatures_for,
+)
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
 from lcag.features import check_pair_features, normalise, pair_features
@@ -79,8 +84,9 @@ class Reconstructor:
             subset head, and the weight chosen on validation in training), or ``None``.
         mass_prior, node_weight: a :class:`lcag.evidence.MassPrior` and its weight, a
             shorthand for ``evidence`` of kind ``mass_prior``.
-        temperature: the tree score's temperature for probabilities (:meth:`calibrate`;
-            stored in checkpoints by :class:`lcag.callbacks.TreeCalibration`).
+        temperature: the tree score's temperature for probabilities, one number or one
+            per leaf count (:meth:`calibrate`; stored in checkpoints by
+            :class:`lcag.callbacks.TreeCalibration`).
     """
 
     def __init__(
@@ -94,7 +100,7 @@ class Reconstructor:
         evidence: NodeEvidence | None = None,
         mass_prior: MassPrior | None = None,
         node_weight: float = 0.0,
-        temperature: float = 1.0,
+        temperature: float | np.ndarray = 1.0,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -107,7 +113,7 @@ class Reconstructor:
             evidence = NodeEvidence("mass_prior", n_bins=len(mass_prior.edges) - 1)
             evidence.set_prior(mass_prior)
             evidence.weight.fill_(float(node_weight))
-        self.temperature = float(temperature)
+        self.temperature = np.atleast_1d(np.asarray(temperature, dtype=np.float64))
         self.evidence = None if evidence is None else evidence.to(self.device).eval()
         if self.evidence is not None and self.evidence.kind == "none":
             self.evidence = None
@@ -140,7 +146,7 @@ class Reconstructor:
             evidence.load_state_dict(
                 {k[9:]: v for k, v in state.items() if k.startswith("evidence.")}
             )
-            temperature = float(state.get("tree_temperature", 1.0))
+            temperature = state.get("tree_temperature", torch.tensor(1.0)).cpu().numpy()
         except (RuntimeError, KeyError) as exc:
             raise CheckpointError(
                 f"{path}: weights do not fit the stored model configuration ({one_line(exc)})"
@@ -180,7 +186,7 @@ class Reconstructor:
         has none (or ``L`` is too large for node scores)."""
         return self._run(x, mask)[1]
 
-    def calibrate(self, events: list[dict[str, Any]], batch_size: int = 1024) -> float:
+    def calibrate(self, events: list[dict[str, Any]], batch_size: int = 1024) -> np.ndarray:
         """Fit the tree temperature on events with known trees and keep it.
 
         Args:
@@ -189,7 +195,8 @@ class Reconstructor:
                 ``EXACT_MAX_LEAVES`` leaves are left out.
 
         Returns:
-            The temperature (:func:`lcag.evidence.calibration.fit_temperature`).
+            The temperatures ``(EXACT_MAX_LEAVES + 1,)``, one per leaf count
+            (:func:`lcag.evidence.calibration.fit_temperatures`).
         """
         groups = []
         for n, members in sorted(events_by_size(events).items()):
@@ -201,7 +208,7 @@ class Reconstructor:
                 truth[:, np.arange(n), np.arange(n)] = 0
                 probs, nodes = self._run(x, mask)
                 groups.append((probs.astype(np.float64), mask, nodes, truth))
-        self.temperature = fit_temperature(groups)
+        self.temperature = fit_temperatures(groups)
         return self.temperature
 
     def log_partition(
@@ -209,8 +216,12 @@ class Reconstructor:
     ) -> np.ndarray:
         """``log Z_t`` ``(N,)`` of the tree scores over the temperature ``t``, for pair
         probabilities ``(N, L, L, C)``, ``mask (N, L)`` and weighted node scores ``(N, 2^L)``."""
-        hot_probs, hot_nodes = scaled(probs, nodes, self.temperature)
+        hot_probs, hot_nodes = scaled(probs, nodes, self.temperatures(mask))
         return log_partition(hot_probs, mask, node_scores=hot_nodes)
+
+    def temperatures(self, mask: np.ndarray) -> np.ndarray:
+        """The temperature of each event ``(N,)`` by its leaf count, ``mask (N, L)``."""
+        return temperatures_for(self.temperature, mask.sum(1))
 
     def tree_probability(
         self, lcag: np.ndarray, probs: np.ndarray, mask: np.ndarray, nodes: np.ndarray | None
@@ -219,7 +230,7 @@ class Reconstructor:
         all valid trees (inputs as in :meth:`log_partition`; NaN above ``EXACT_MAX_LEAVES``)."""
         scores = tree_score(lcag, probs, mask, node_scores=nodes)
         log_z = self.log_partition(probs, mask, nodes)
-        return np.exp(np.minimum(scores / self.temperature - log_z, 0.0))
+        return np.exp(np.minimum(scores / self.temperatures(mask) - log_z, 0.0))
 
     def reconstruct(
         self,
@@ -265,21 +276,21 @@ class Reconstructor:
             decoded = decode(probs, mb, node_scores=nodes, method=method)
             scores = tree_score(decoded, probs, mb, node_scores=nodes)
             log_z = self.log_partition(probs, mb, nodes)
-            beta = 1.0 / self.temperature
+            beta = 1.0 / self.temperatures(mb)
             best = lcag_top_k(probs, top_k, mb, node_scores=nodes) if top_k > 1 else None
             for k, event in enumerate(events):
                 real = np.flatnonzero(mb[k])
                 alternatives = ()
                 if best is not None:
                     alternatives = tuple(
-                        (M[np.ix_(real, real)], _probability(beta, score, log_z[k]))
+                        (M[np.ix_(real, real)], _probability(beta[k], score, log_z[k]))
                         for M, score in best[k]
                     )
                 out[int(event)] = Reconstruction(
                     lcag=decoded[k][np.ix_(real, real)],
                     probs=probs[k][np.ix_(real, real)],
                     score=float(scores[k]),
-                    probability=_probability(beta, scores[k], log_z[k]),
+                    probability=_probability(beta[k], scores[k], log_z[k]),
                     alternatives=alternatives,
                 )
         return [out[i] for i in range(len(x))]

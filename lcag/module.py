@@ -19,7 +19,7 @@ from torch import nn
 
 from lcag.checkpoints import load_checkpoint
 from lcag.data import LCAGDataset
-from lcag.decode import decode
+from lcag.decode import EXACT_MAX_LEAVES, decode
 from lcag.errors import ConfigError
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import (
@@ -142,7 +142,10 @@ class LCAGModule(pl.LightningModule):
             node_evidence, model.leaf_dim, mass_prior_bins, subset_head_hidden
         )
         # the tree score's temperature for probabilities (lcag.callbacks.TreeCalibration)
-        self.register_buffer("tree_temperature", torch.tensor(1.0, dtype=torch.float64))
+        # (one per leaf count, EXACT_MAX_LEAVES + 1 entries)
+        self.register_buffer(
+            "tree_temperature", torch.ones(EXACT_MAX_LEAVES + 1, dtype=torch.float64)
+        )
         self.node_weights = [float(w) for w in (node_weights or DEFAULT_NODE_WEIGHTS)]
         self.weight_metrics = nn.ModuleDict(  # validation rate at each candidate weight
             {

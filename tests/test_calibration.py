@@ -62,9 +62,10 @@ def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_p
     path = tmp_path / "model.ckpt"
     shutil.copy(checkpoint, path)
     temperature = calibrate_checkpoint(path, tiny_data, max_events=200)
-    assert temperature != 1.0
+    assert temperature.shape == (11,)
+    assert np.any(temperature != 1.0)
     before, after = Reconstructor.from_checkpoint(checkpoint), Reconstructor.from_checkpoint(path)
-    assert after.temperature == pytest.approx(temperature)
+    np.testing.assert_allclose(after.temperature, temperature)
     events = [e["x"] for e in LCAGDataset(tiny_data, "test").__getitems__(range(0, 600, 30))]
     old, new = before.reconstruct(events), after.reconstruct(events)
     for a, b in zip(old, new, strict=True):

@@ -129,5 +129,8 @@ def test_old_state_dicts_are_upgraded():
         "evidence.mass_prior_edges": 1,
         "evidence.mass_prior_log_odds": 2,
         "evidence.weight": 3,
+        "evidence.prior_weight": 3,  # the prior was the whole evidence
         "model.w": 4,
     }
+    scalar = upgrade_state_dict({"feature_mean": 0, "tree_temperature": torch.tensor(2.0)})
+    assert scalar["tree_temperature"].tolist() == [2.0] * 11  # one per leaf count

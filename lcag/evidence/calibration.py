@@ -1,4 +1,5 @@
-"""Calibrated tree probabilities: one temperature for the tree score, fitted on validation.
+"""Calibrated tree probabilities: a temperature of the tree score per leaf count, fitted on
+validation.
 
 A tree's probability is ``exp(s(T) / t - log Z_t)`` with ``s`` the decoder's score (pair
 log-probabilities plus weighted node scores) and ``log Z_t`` the log-partition of the scores
@@ -17,20 +18,40 @@ import numpy as np
 
 from lcag.decode import EXACT_MAX_LEAVES, log_partition, tree_score
 
-__all__ = ["fit_temperature", "scaled", "tree_log_likelihood"]
+__all__ = [
+    "MIN_EVENTS_PER_SIZE",
+    "fit_temperature",
+    "fit_temperatures",
+    "scaled",
+    "temperatures_for",
+    "tree_log_likelihood",
+]
+
+MIN_EVENTS_PER_SIZE = 50  # fewer events of a leaf count: that count takes the pooled fit
 
 T_BOUNDS = (0.1, 30.0)
 
 
 def scaled(
-    probs: np.ndarray, nodes: np.ndarray | None, temperature: float
+    probs: np.ndarray, nodes: np.ndarray | None, temperature: float | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Pair probabilities and node scores whose tree scores are the originals over ``t``:
-    ``(probs ** (1 / t), nodes / t)``; shapes as given, ``(N, L, L, C)`` and ``(N, 2^L)``."""
-    if temperature == 1.0:
+    ``(probs ** (1 / t), nodes / t)``; shapes as given, ``(N, L, L, C)`` and ``(N, 2^L)``;
+    ``t`` one number or one per event ``(N,)``."""
+    t = np.asarray(temperature, dtype=np.float64)
+    if np.all(t == 1.0):
         return probs, nodes
-    beta = 1.0 / temperature
-    return np.power(probs, beta), None if nodes is None else nodes * beta
+    beta = 1.0 / t
+    hot = np.power(probs, beta.reshape(-1, 1, 1, 1) if beta.ndim else beta)
+    if nodes is None:
+        return hot, None
+    return hot, nodes * (beta.reshape(-1, 1) if beta.ndim else beta)
+
+
+def temperatures_for(table: np.ndarray, n_leaves: np.ndarray) -> np.ndarray:
+    """Per-event temperatures ``(N,)`` from a per-leaf-count table ``(M,)`` (entry ``n`` for
+    events of ``n`` leaves; larger events take the last entry)."""
+    return table[np.minimum(n_leaves, len(table) - 1)]
 
 
 def tree_log_likelihood(
@@ -77,6 +98,22 @@ def fit_temperature(
             b = low + golden * (high - low)
             fb = tree_log_likelihood(groups, math.exp(b))
     return float(math.exp((low + high) / 2))
+
+
+def fit_temperatures(
+    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]],
+    table_size: int = EXACT_MAX_LEAVES + 1,
+) -> np.ndarray:
+    """One temperature per leaf count, ``(table_size,)``: each count with at least
+    ``MIN_EVENTS_PER_SIZE`` events gets its own fit, the others the fit over all events
+    (groups hold events of one leaf count each, unpadded)."""
+    pooled = fit_temperature(groups)
+    table = np.full(table_size, pooled)
+    for n in {g[1].shape[1] for g in groups}:
+        mine = [g for g in groups if g[1].shape[1] == n]
+        if n < table_size and sum(len(g[0]) for g in mine) >= MIN_EVENTS_PER_SIZE:
+            table[n] = fit_temperature(mine)
+    return table
 
 
 def events_by_size(events: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:

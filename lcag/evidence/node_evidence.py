@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lcag.decode import EXACT_MAX_LEAVES
 from lcag.decode.scores import subset_members
 from lcag.errors import ConfigError
 from lcag.evidence.mass_prior import MAX_PRIOR_LEAVES, MassPrior
@@ -213,6 +214,7 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[key] = value
     if "evidence.weight" in out and "evidence.prior_weight" not in out:
         out["evidence.prior_weight"] = out["evidence.weight"]
-    if "feature_mean" in out and "tree_temperature" not in out:  # an uncalibrated module
-        out["tree_temperature"] = torch.tensor(1.0, dtype=torch.float64)
+    if "feature_mean" in out:  # a module: one temperature per leaf count, 1 if uncalibrated
+        t = out.get("tree_temperature", torch.tensor(1.0, dtype=torch.float64))
+        out["tree_temperature"] = t.expand(EXACT_MAX_LEAVES + 1).clone() if t.dim() == 0 else t
     return out

@@ -1,0 +1,365 @@
+"""What a checkpoint (or an exported model) is: the facts ``lcag info`` prints.
+
+    lcag info runs/tiny_transformer/checkpoints/best.ckpt     # or model.onnx, model.pt
+
+At every checkpoint save, ``LCAGModule.on_save_checkpoint`` stores :func:`training_facts` as
+``checkpoint["lcag_info"]``: the lcag version, the training data (the dataset directory, the
+SHA-256 of its generation config, the events per split in the dataset and those used, feature
+names and units, from the dataset's ``manifest.json``) and the validation figures of the saved
+weights (the trainer's ``val/*`` metrics at that moment). :func:`checkpoint_facts` adds what the
+checkpoint holds anyway (model class and arguments, parameter count, pair features,
+normalisation, node evidence, the tree temperature, the checkpoint callbacks' best scores,
+epoch and step), so an older checkpoint without ``lcag_info`` still says what it can.
+``lcag export`` writes the same dictionary, plus an ``export`` entry, into the ONNX file's
+``metadata_props`` (key ``lcag_info``) and into the TorchScript archive
+(``extra/lcag_info.json``); :func:`read_facts` reads any of the three.
+
+The config checksum is ``sha256`` of the manifest's ``config`` written as JSON with sorted keys
+and no spaces (:func:`config_checksum`): two datasets made from the same generation config (and
+seed) have the same checksum.
+
+Everything here is plain JSON: numbers, strings, lists, dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lcag.checkpoints import load_checkpoint
+from lcag.errors import InvalidInputError, MissingDependencyError
+
+__all__ = [
+    "EXTRA_FILE",
+    "METADATA_KEY",
+    "NODE_EVIDENCE_NOTE",
+    "checkpoint_facts",
+    "config_checksum",
+    "format_facts",
+    "read_facts",
+    "training_facts",
+]
+
+METADATA_KEY = "lcag_info"  # ONNX metadata_props key, and the checkpoint's key
+EXTRA_FILE = "lcag_info.json"  # TorchScript _extra_files name
+NODE_EVIDENCE_NOTE = (
+    "used by lcag.Reconstructor; not part of exported graphs, which return per-pair "
+    "probabilities only"
+)
+
+
+def config_checksum(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a dataset's generation config (JSON, sorted keys, no spaces)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready Python: tensors and numpy values to numbers or lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # torch.Tensor, numpy array or scalar
+        return _plain(value.tolist())
+    if value is None or isinstance(value, bool):
+        return value
+    for kind in (int, float, str):  # exact types: torch.__version__ is a str subclass
+        if isinstance(value, kind):
+            return kind(value)
+    return str(value)
+
+
+def data_facts(
+    manifest: Mapping[str, Any],
+    data_dir: str | Path,
+    used: Mapping[str, int] | None = None,
+    val_split: str | None = None,
+) -> dict[str, Any]:
+    """The training data's facts from its ``manifest.json``.
+
+    Args:
+        manifest: the dataset's manifest.
+        data_dir: the dataset directory.
+        used: events per split that training actually read (after ``max_*_events``).
+        val_split: the split validated on.
+    """
+    splits = manifest.get("splits", {})
+    topologies = manifest.get("topologies", {})
+    return _plain(
+        {
+            "data_dir": str(data_dir),
+            "config_sha256": config_checksum(manifest.get("config", {})),
+            "seed": manifest.get("seed"),
+            "schema_version": manifest.get("schema_version"),
+            "features": manifest.get("features"),
+            "units": manifest.get("units"),
+            "dtype": manifest.get("dtype"),
+            "n_classes": manifest.get("n_classes"),
+            "max_leaves": manifest.get("max_leaves"),
+            "topologies": {k: topologies.get(k) for k in ("known", "unknown")},
+            "events": {split: info.get("events") for split, info in splits.items()},
+            "events_used": dict(used or {}),
+            "val_split": val_split,
+            "generator_versions": manifest.get("versions", {}),
+        }
+    )
+
+
+def training_facts(module: Any) -> dict[str, Any]:
+    """The facts an ``LCAGModule`` knows when a checkpoint is saved (``checkpoint["lcag_info"]``).
+
+    Never raises: a checkpoint is saved even when a fact cannot be found (say, a module
+    trained outside a trainer or on another data module); such facts are left out.
+    """
+    import lightning
+    import torch
+
+    import lcag
+
+    facts: dict[str, Any] = {
+        "lcag_version": lcag.__version__,
+        "versions": {"torch": torch.__version__, "lightning": lightning.__version__},
+    }
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return facts
+    datamodule = getattr(trainer, "datamodule", None)
+    manifest = getattr(datamodule, "manifest", None)
+    hparams = getattr(datamodule, "hparams", None)
+    val_split = hparams.get("val_split") if isinstance(hparams, Mapping) else None
+    if isinstance(manifest, Mapping):
+        try:
+            datasets = getattr(datamodule, "datasets", {}) or {}
+            used = {split: len(d) for split, d in datasets.items() if split != "validation"}
+            facts["data"] = data_facts(manifest, datamodule.data_dir, used, val_split)
+        except Exception as exc:  # a fact missing must not stop a checkpoint being saved
+            facts["data"] = {"error": f"{type(exc).__name__}: {exc}"}
+    metrics = {
+        name: float(value)
+        for name, value in sorted(getattr(trainer, "callback_metrics", {}).items())
+        if name.startswith("val/") and getattr(value, "numel", lambda: 1)() == 1
+    }
+    results = getattr(module, "results", {}).get("val", {})
+    facts["validation"] = {
+        "epoch": int(getattr(trainer, "current_epoch", 0)),
+        "global_step": int(getattr(trainer, "global_step", 0)),
+        "split": val_split,
+        "events": results.get("events"),
+        "metrics": metrics,
+    }
+    return _plain(facts)
+
+
+def _best_scores(checkpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each checkpoint callback's monitored metric and best score."""
+    out = []
+    for name, state in (checkpoint.get("callbacks") or {}).items():
+        if not isinstance(state, Mapping) or "best_model_score" not in state:
+            continue
+        if state.get("monitor") is None:
+            continue
+        out.append(
+            {
+                "callback": str(name).split("{", 1)[0],
+                "monitor": state.get("monitor"),
+                "best_model_score": _plain(state.get("best_model_score")),
+                "best_model_path": state.get("best_model_path"),
+            }
+        )
+    return out
+
+
+def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything :func:`format_facts` prints, from a loaded checkpoint (with or without
+    ``lcag_info``); JSON-ready."""
+    from lcag.evidence.node_evidence import upgrade_state_dict
+
+    stored = dict(checkpoint.get(METADATA_KEY) or {})
+    hparams = dict(checkpoint["hyper_parameters"])
+    state = upgrade_state_dict(dict(checkpoint["state_dict"]))
+    model = dict(hparams["model"])
+    n_parameters = sum(int(v.numel()) for k, v in state.items() if k.startswith("model."))
+    data = stored.get("data")
+    if not data:
+        datamodule = checkpoint.get("datamodule_hyper_parameters") or {}
+        data = {"data_dir": datamodule.get("data_dir"), "recorded": False}
+    evidence = hparams.get("node_evidence", "none")
+    weight = state.get("evidence.weight")
+    validation = stored.get("validation") or {}
+    return _plain(
+        {
+            "lcag_version": stored.get("lcag_version"),
+            "versions": {
+                **(stored.get("versions") or {}),
+                "lightning": checkpoint.get("pytorch-lightning_version"),
+            },
+            "model": {
+                "class_path": model.get("class_path"),
+                "init_args": model.get("init_args", {}),
+                "parameters": n_parameters,
+            },
+            "inputs": {
+                "features": data.get("features"),
+                "units": data.get("units"),
+                "n_features": int(model.get("init_args", {}).get("n_features", 4)),
+                "pair_features": list(hparams.get("pair_features") or []),
+                "normalisation": {
+                    "mean": state.get("feature_mean"),
+                    "std": state.get("feature_std"),
+                },
+            },
+            "node_evidence": {
+                "kind": evidence,
+                "weight": None if weight is None else float(weight),
+                "note": NODE_EVIDENCE_NOTE,
+            },
+            "tree_temperature": float(state.get("tree_temperature", 1.0)),
+            "data": data,
+            "validation": validation,
+            "best": _best_scores(checkpoint),
+            "training": {
+                "epoch": checkpoint.get("epoch"),
+                "global_step": checkpoint.get("global_step"),
+            },
+        }
+    )
+
+
+def read_facts(path: str | Path) -> dict[str, Any]:
+    """The facts of a checkpoint, or of an ONNX or TorchScript file from ``lcag export``.
+
+    Raises:
+        CheckpointError: a missing, truncated or corrupt checkpoint.
+        InvalidInputError: an ONNX or TorchScript file without lcag's metadata, or unreadable.
+    """
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")]
+            if names:  # a TorchScript archive: read the JSON, no need to load the code
+                return json.loads(archive.read(names[0]))
+    elif path.is_file() and path.suffix.lower() == ".onnx":
+        return onnx_facts(path)
+    return checkpoint_facts(load_checkpoint(path))
+
+
+def onnx_facts(path: str | Path) -> dict[str, Any]:
+    """The facts in an ONNX file's ``metadata_props`` (``lcag_info``)."""
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError(
+            "reading ONNX metadata needs onnx: pip install 'lcag[export]'"
+        ) from None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InvalidInputError(f"{path}: not a readable ONNX file ({exc})") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in meta:
+        raise InvalidInputError(f"{path}: an ONNX file without {METADATA_KEY!r} metadata")
+    return json.loads(meta[METADATA_KEY])
+
+
+# -------------------------------------------------------------------------- printing
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _vector(values: Any) -> str:
+    if not values:
+        return "not recorded"
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def format_facts(facts: Mapping[str, Any]) -> str:
+    """The facts as ``lcag info`` prints them: one labelled line (or a few) per topic."""
+    lines: list[tuple[str, str]] = []
+    model = facts.get("model", {})
+    args = model.get("init_args", {})
+    lines.append(("model", f"{model.get('class_path')}, {_number(model.get('parameters'))} "
+                           "parameters"))  # fmt: skip
+    lines.append(("", " ".join(f"{k}={v}" for k, v in args.items())))
+    inputs = facts.get("inputs", {})
+    features = inputs.get("features")
+    names = ", ".join(features) if features else "not recorded (px, py, pz, E first)"
+    units = inputs.get("units") or "not recorded"
+    pairs = ", ".join(inputs.get("pair_features") or []) or "none"
+    lines.append(("inputs", f"{names}; units {units}; pair features: {pairs}"))
+    norm = inputs.get("normalisation", {})
+    lines.append(("normalisation", f"mean {_vector(norm.get('mean'))}"))
+    lines.append(("", f"std  {_vector(norm.get('std'))}"))
+
+    data = facts.get("data") or {}
+    lines.append(("training data", str(data.get("data_dir") or "not recorded")))
+    if data.get("recorded") is False:
+        lines.append(("", "checksum, events, features: not recorded in this checkpoint "
+                          "(written before lcag recorded them)"))  # fmt: skip
+    elif data.get("error"):
+        lines.append(("", f"not recorded: {data['error']}"))
+    else:
+        lines.append(("", f"config sha256 {data.get('config_sha256')}, seed {data.get('seed')}, "
+                          f"schema {data.get('schema_version')}, {data.get('dtype')}"))  # fmt: skip
+        used = data.get("events_used") or {}
+        counts = []
+        for split, n in (data.get("events") or {}).items():
+            extra = f" (used {_number(used[split])})" if split in used and used[split] != n else ""
+            counts.append(f"{split} {_number(n)}{extra}")
+        lines.append(("", "events: " + ", ".join(counts)))
+        top = data.get("topologies") or {}
+        lines.append(("", f"topologies: {top.get('known')} known + {top.get('unknown')} unseen; "
+                          f"<= {data.get('max_leaves')} leaves, {data.get('n_classes')} "
+                          "LCAG classes"))  # fmt: skip
+
+    validation = facts.get("validation") or {}
+    metrics = validation.get("metrics") or {}
+    if metrics:
+        where = f"epoch {validation.get('epoch')}, step {validation.get('global_step')}"
+        if validation.get("events"):
+            where += f", {validation['events']} {validation.get('split') or 'val'} events"
+        lines.append(("validation", where))
+        headline = [k for k in metrics if "perfect_L" not in k]  # perfect_L<n>: per size
+        for name in headline:
+            lines.append(("", f"{name} {_number(metrics[name])}"))
+        sizes = {
+            int(k.rsplit("perfect_L", 1)[1]): v for k, v in metrics.items() if "perfect_L" in k
+        }
+        if sizes:
+            lines.append(("", "perfect by leaves: " + ", ".join(
+                f"{n}: {sizes[n]:.3f}" for n in sorted(sizes))))  # fmt: skip
+    else:
+        lines.append(("validation", "not recorded"))
+    for best in facts.get("best") or []:
+        lines.append(("best", f"{best.get('callback')} {best.get('monitor')} = "
+                              f"{_number(best.get('best_model_score'))}"))  # fmt: skip
+    training = facts.get("training") or {}
+    lines.append(("trained", f"epoch {training.get('epoch')}, step {training.get('global_step')}"))
+    evidence = facts.get("node_evidence") or {}
+    weight = evidence.get("weight")
+    at = "" if weight is None else f" at weight {_number(weight)}"
+    lines.append(("node evidence", f"{evidence.get('kind')}{at}: {NODE_EVIDENCE_NOTE}"))
+    if facts.get("tree_temperature") is not None:
+        temperature = _number(facts["tree_temperature"])
+        note = "of the tree score, for tree probabilities (lcag.callbacks.TreeCalibration)"
+        lines.append(("tree temperature", f"{temperature} {note}"))
+    export = facts.get("export")
+    if export:
+        digest = str(export.get("checkpoint_sha256", ""))[:16]
+        source = f"from {export.get('checkpoint')} (sha256 {digest}...)"
+        lines.append(("export", f"{export.get('format')}, {source}"))
+        lines.append(("", f"inputs {export.get('inputs')} -> outputs {export.get('outputs')}"))
+    versions = facts.get("versions") or {}
+    others = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    version = facts.get("lcag_version") or "not recorded"
+    lines.append(("lcag version", f"{version}" + (f" ({others})" if others else "")))
+    width = max(len(label) for label, _ in lines) + 2
+    return "\n".join(f"{label:<{width}}{text}".rstrip() for label, text in lines)
