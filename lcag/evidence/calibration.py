@@ -111,7 +111,8 @@ def fit_temperatures(
     table = np.full(table_size, pooled)
     for n in {g[1].shape[1] for g in groups}:
         mine = [g for g in groups if g[1].shape[1] == n]
-        if n < table_size and sum(len(g[0]) for g in mine) >= MIN_EVENTS_PER_SIZE:
+        # two leaves have one tree only: their likelihood does not depend on t
+        if 2 < n < table_size and sum(len(g[0]) for g in mine) >= MIN_EVENTS_PER_SIZE:
             table[n] = fit_temperature(mine)
     return table
 

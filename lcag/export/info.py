@@ -218,7 +218,8 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
                 "weight": None if weight is None else float(weight),
                 "note": NODE_EVIDENCE_NOTE,
             },
-            "tree_temperature": float(state.get("tree_temperature", 1.0)),
+            # one per leaf count (entry n for n leaves, larger events the last), or one number
+            "tree_temperature": state.get("tree_temperature", 1.0),
             "data": data,
             "validation": validation,
             "best": _best_scores(checkpoint),
@@ -279,6 +280,17 @@ def _vector(values: Any) -> str:
     if not values:
         return "not recorded"
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def _temperatures(table: Any) -> str:
+    """The tree temperature (one number, or one per leaf count from 2 on) in a line."""
+    note = "(tree probabilities; lcag.callbacks.TreeCalibration)"
+    values = table if isinstance(table, list) else [table]
+    if len(set(values[2:] or values)) == 1:
+        return f"{_number(float((values[2:] or values)[0]))} for every leaf count {note}"
+    sizes = [f"{n}: {float(t):.3g}" for n, t in enumerate(values) if n >= 2]
+    sizes[-1] = sizes[-1].replace(":", "+:", 1)
+    return "by leaves " + ", ".join(sizes) + f" {note}"
 
 
 def format_facts(facts: Mapping[str, Any]) -> str:
@@ -348,9 +360,7 @@ def format_facts(facts: Mapping[str, Any]) -> str:
     at = "" if weight is None else f" at weight {_number(weight)}"
     lines.append(("node evidence", f"{evidence.get('kind')}{at}: {NODE_EVIDENCE_NOTE}"))
     if facts.get("tree_temperature") is not None:
-        temperature = _number(facts["tree_temperature"])
-        note = "of the tree score, for tree probabilities (lcag.callbacks.TreeCalibration)"
-        lines.append(("tree temperature", f"{temperature} {note}"))
+        lines.append(("tree temperature", _temperatures(facts["tree_temperature"])))
     export = facts.get("export")
     if export:
         digest = str(export.get("checkpoint_sha256", ""))[:16]
