@@ -274,6 +274,9 @@ class LCAGModule(pl.LightningModule):
         if head is not None:
             self.log("train/subset_loss", head[0], batch_size=len(target), on_epoch=True)
             loss = loss + self.hparams.subset_loss_weight * head[0]
+        elif self.evidence.head is not None:  # e.g. two leaves: no subset to score
+            # DDP reduces every parameter's gradient on every rank: keep the head in the graph
+            loss = loss + 0.0 * sum(p.sum() for p in self.evidence.head.parameters())
         if tree_loss:
             nll = self._tree_loss(logits, target, mask, None if head is None else head[1])
             if nll is not None:
