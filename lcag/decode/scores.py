@@ -129,14 +129,27 @@ def inner_node_masks(lcag: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
         Per event, an int64 array of the distinct bit masks of its inner nodes: the node of
         height ``h`` above leaf ``i`` holds the leaves ``j`` with ``lcag[i, j] <= h``.
     """
+    events, bits = inner_node_bits(lcag, mask)
+    return [np.unique(bits[events == e]) for e in range(lcag.shape[0])]
+
+
+def inner_node_bits(lcag: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inner nodes of every event as flat ``(event index, bit mask)`` arrays (a node
+    appears once per leaf under it and height; repeats are harmless for indexing).
+
+    Args:
+        lcag: ``(N, L, L)`` valid LCAGs (padding ignored).
+        mask: ``(N, L)`` bool, real leaves.
+    """
     N, L, _ = lcag.shape
     heights = np.arange(1, max(int(lcag.max(initial=0)), 0) + 1)
     if not heights.size:
-        return [np.zeros(0, dtype=np.int64) for _ in range(N)]
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     pair = mask[:, :, None] & mask[:, None, :]
     M = np.where(pair, lcag, np.iinfo(np.int64).max)
     M[:, np.arange(L), np.arange(L)] = np.where(mask, 0, np.iinfo(np.int64).max)
     below = M[:, :, None, :] <= heights[None, None, :, None]  # (N, L, H, L)
     bits = below.astype(np.int64) @ (np.int64(1) << np.arange(L, dtype=np.int64))  # (N, L, H)
     exists = (M[:, :, None, :] == heights[None, None, :, None]).any(-1) & mask[:, :, None]
-    return [np.unique(bits[e][exists[e]]) for e in range(N)]
+    events = np.broadcast_to(np.arange(N)[:, None, None], exists.shape)
+    return events[exists], bits[exists]

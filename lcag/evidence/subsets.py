@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lcag.decode.scores import inner_node_masks, subset_members
+from lcag.decode.scores import inner_node_bits, subset_members
 
 __all__ = [
     "SUBSET_KINEMATICS",
@@ -65,8 +65,8 @@ def node_indicator(lcag: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     N, L = mask.shape
     out = np.zeros((N, 1 << L), dtype=bool)
-    for event, nodes in enumerate(inner_node_masks(np.asarray(lcag, dtype=np.int64), mask)):
-        out[event, nodes] = True
+    events, bits = inner_node_bits(np.asarray(lcag, dtype=np.int64), mask)
+    out[events, bits] = True
     return out
 
 
