@@ -2,6 +2,7 @@
 
     lcag-generate --config configs/data/tiny.yaml --out data/tiny [--workers N] [--overwrite]
     lcag-generate --from-paper-npy DIR --out data/paper-published
+    lcag-generate --from-hepmc FILE [FILE ...] --mother 511,-511 --out data/b0-hepmc
 
 Rerunning an interrupted command finishes it: completed shards are verified and kept.
 """
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="convert the paper's published known|unknown/leaves_<split>.<i>.npy layout instead",
     )
+    source.add_argument(
+        "--from-hepmc",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="convert the decays of --mother in HepMC3 files (.gz, .bz2, .xz too) instead",
+    )
     parser.add_argument("--out", type=Path, required=True, help="dataset directory")
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes (the output does not depend on it)"
@@ -42,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a dataset of another config in --out"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from lcag.data_gen.hepmc import add_cli_options
+
+    add_cli_options(parser.add_argument_group("--from-hepmc options"))
     return parser
 
 
@@ -54,7 +65,18 @@ def _generate(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     try:
-        if args.from_paper_npy is not None:
+        from lcag.data_gen.hepmc import convert_hepmc, options_from_cli
+
+        hepmc_options = options_from_cli(args)  # None without --from-hepmc
+        if hepmc_options is not None:
+            manifest = convert_hepmc(
+                args.from_hepmc,
+                args.out,
+                hepmc_options,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+        elif args.from_paper_npy is not None:
             from lcag.data_gen.paper_npy import convert_paper_npy
 
             manifest = convert_paper_npy(args.from_paper_npy, args.out, overwrite=args.overwrite)
