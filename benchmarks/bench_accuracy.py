@@ -9,7 +9,9 @@ Run: ``python benchmarks/bench_accuracy.py [--minutes 12] [--out runs/bench_accu
    ``--minutes`` of wall-clock time, keeping the checkpoint with the best validation rate.
 3. Test: perfect-tree rate for events with <= 6 and <= 10 leaves, known and unseen topologies,
    with argmax, valid-tree decoding from pair scores alone, with the mass prior (+mass) and
-   with the subset head (+head, the full method), all on the same events.
+   with the subset head (+head, the full method), and the likelihood baseline tuned on the
+   validation split (``lcag-evaluate``'s), all on the same events; the expected calibration
+   error of the full method's tree probabilities beside them.
 
 The paper reports 92.5 % (<= 6 leaves) and 59.7 % (<= 10 leaves) on known topologies, after
 training on far more events, for far longer, on GPUs; the figures here show what the same
@@ -32,6 +34,7 @@ METHODS = {
     "perfect_decoded": "valid",
     "perfect_prior": "+mass",
     "perfect_full": "+head",
+    "baseline": "baseline",
 }
 
 
@@ -55,6 +58,7 @@ def train_and_test(
 
     from lcag.callbacks import TreeCalibration
     from lcag.data import LCAGDataModule
+    from lcag.evaluate import evaluate
     from lcag.models.base import LCAGModel
     from lcag.module import LCAGModule
 
@@ -102,6 +106,18 @@ def train_and_test(
                 hits = sum(rate * n for size, (rate, n) in sizes.items() if size <= limit)
                 total = sum(n for size, (_, n) in sizes.items() if size <= limit)
                 result[f"{subset}/{method}/<={limit}"] = hits / max(total, 1)
+    report = evaluate(checkpoint.best_model_path, data, ["test", "test_unknown"], out / name)
+    for subset, split in (("test", "test"), ("test_unseen", "test_unknown")):
+        info = report["splits"][split]
+        for limit in PAPER:
+            rates = [
+                (r["rate"] * r["events"], r["events"])
+                for size, r in info["leaves"]["baseline"].items()
+                if int(size) <= limit and r["events"]
+            ]
+            hits, total = map(sum, zip(*rates, strict=True)) if rates else (0, 0)
+            result[f"{subset}/baseline/<={limit}"] = hits / max(total, 1)
+        result[f"{subset}/ece"] = info["calibration"]["ece"]
     return result
 
 
@@ -140,6 +156,8 @@ def main() -> None:
                 six = r[f"{subset}/{method}/<=6"]
                 ten = r[f"{subset}/{method}/<=10"]
                 print(f"{r['model']:<18} {label:<8} {short:<8} {six:>10.1%} {ten:>11.1%}")
+            print(f"{r['model']:<18} {label:<8} ECE of the full method's probabilities: "
+                  f"{r[f'{subset}/ece']:.3f}")  # fmt: skip
     print(f"{'paper (Kahn 2022)':<18} {'known':<8} {'-':<8} {PAPER[6]:>10.1%} {PAPER[10]:>11.1%}")
 
 

@@ -140,7 +140,7 @@ class Reconstructor:
             evidence = NodeEvidence(
                 hparams.get("node_evidence", "none"),
                 model.leaf_dim,
-                int(hparams.get("mass_prior_bins", 400)),
+                400,  # the stored prior brings its own bins
                 int(hparams.get("subset_head_hidden", 32)),
             )
             evidence.load_state_dict(

@@ -36,7 +36,7 @@ from lcag.training.tree_loss import tree_nll
 __all__ = ["LCAGModule"]
 
 TEST_SUBSETS = ("test", "test_unseen")  # test dataloader 0: known topologies, 1: unseen
-DEFAULT_NODE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_NODE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 class LCAGModule(pl.LightningModule):
@@ -63,7 +63,8 @@ class LCAGModule(pl.LightningModule):
             from the training split at the start of fitting), ``none`` (pair scores alone).
         node_weights: the weights of the node scores tried on the validation split; the best
             is kept in the ``evidence.weight`` buffer (ties go to the smaller weight).
-        mass_prior_bins: log-mass bins of the prior.
+        mass_prior_bins: log-mass bins of the prior, or ``auto``: chosen on held-out
+            training events (:meth:`lcag.evidence.MassPrior.fit`).
         mass_prior_events: training events the prior is counted from (spread over the split).
         subset_loss_weight: weight of the subset head's binary cross-entropy in the loss.
         subset_head_hidden: hidden width of the subset head.
@@ -91,7 +92,7 @@ class LCAGModule(pl.LightningModule):
         max_leaves: int = 64,
         node_evidence: NodeEvidenceKind = "subset_head",
         node_weights: list[float] | None = None,
-        mass_prior_bins: int = 400,
+        mass_prior_bins: int | Literal["auto"] = "auto",
         mass_prior_events: int = 50_000,
         subset_loss_weight: float = 1.0,
         subset_head_hidden: int = 32,
@@ -139,7 +140,10 @@ class LCAGModule(pl.LightningModule):
             }
         )
         self.evidence = NodeEvidence(
-            node_evidence, model.leaf_dim, mass_prior_bins, subset_head_hidden
+            node_evidence,
+            model.leaf_dim,
+            400 if mass_prior_bins == "auto" else mass_prior_bins,
+            subset_head_hidden,
         )
         # the tree score's temperature for probabilities (lcag.callbacks.TreeCalibration)
         # (one per leaf count, EXACT_MAX_LEAVES + 1 entries)

@@ -119,8 +119,10 @@ def test_training_step_adds_the_subset_and_tree_losses(tree_loss_weight):
     module.hparams.subset_loss_weight = 1.0
     module.hparams.tree_loss_weight = tree_loss_weight
     total = module._common_step(batch, "train")
-    expected = pair_only + logged["train/subset_loss"] + tree_loss_weight * logged.get(
-        "train/tree_nll", 0.0
+    expected = (
+        pair_only
+        + logged["train/subset_loss"]
+        + tree_loss_weight * logged.get("train/tree_nll", 0.0)
     )
     assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
     assert ("train/tree_nll" in logged) == (tree_loss_weight > 0)

@@ -45,7 +45,8 @@ class NodeEvidence(nn.Module):
     Args:
         kind: ``subset_head``, ``mass_prior`` or ``none`` (module docstring).
         leaf_dim: width ``D`` of the model's leaf embeddings (``subset_head`` only).
-        n_bins: log-mass bins of the mass prior.
+        n_bins: log-mass bins of the (unfitted) mass prior; :meth:`set_prior` and loading a
+            state dict take the fitted prior's own.
         head_hidden: hidden width of the subset head.
         head_dropout: dropout inside the subset head.
 
@@ -91,8 +92,18 @@ class NodeEvidence(nn.Module):
         )
 
     def set_prior(self, prior: MassPrior) -> None:
-        self.mass_prior_edges.copy_(torch.from_numpy(prior.edges))
-        self.mass_prior_log_odds.copy_(torch.from_numpy(prior.log_odds))
+        """Hold ``prior`` (of any number of bins) in the buffers."""
+        device = self.mass_prior_edges.device
+        self.mass_prior_edges = torch.from_numpy(prior.edges.astype(np.float64)).to(device)
+        self.mass_prior_log_odds = torch.from_numpy(prior.log_odds.astype(np.float64)).to(device)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Take the stored prior's shape (its bins are chosen when it is fitted)."""
+        for name in _RENAMED:
+            stored = state_dict.get(prefix + name)
+            if stored is not None and stored.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def applies(self, n_leaves: int) -> bool:
         """Whether events of ``n_leaves`` (padded width) get node scores."""
