@@ -134,3 +134,23 @@ def test_old_state_dicts_are_upgraded():
     }
     scalar = upgrade_state_dict({"feature_mean": 0, "tree_temperature": torch.tensor(2.0)})
     assert scalar["tree_temperature"].tolist() == [2.0] * 11  # one per leaf count
+
+
+def test_scoring_some_subsets_gives_those_of_scoring_all():
+    rng = np.random.default_rng(1)
+    p = rng.normal(size=(3, 5, 3))
+    x = np.concatenate([p, np.sqrt((p**2).sum(-1, keepdims=True) + 1.0)], axis=-1)
+    events = [
+        {"x": e, "target": tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3), 4)))} for e in x
+    ]
+    evidence = NodeEvidence("subset_head", leaf_dim=4, n_bins=10)
+    evidence.set_prior(MassPrior.fit(events, n_bins=10))
+    torch.nn.init.normal_(evidence.head.mlp[-1].weight)  # a head that is more than the prior
+    xt, mask = torch.tensor(x), torch.tensor([[True] * 5, [True] * 5, [True] * 4 + [False]])
+    leaves = torch.randn(3, 5, 4)
+    columns = torch.tensor([3, 7, 12, 15, 31])
+    every, _ = evidence.node_logits(xt, mask, leaves)
+    some, candidates = evidence.node_logits(xt, mask, leaves, columns)
+    assert torch.allclose(some, every[:, columns], atol=1e-6)
+    assert candidates[2].tolist() == [True, True, True, False, False]  # 15: root, 31: padding
+    assert bool(torch.all(some[2, 3:] == 0))

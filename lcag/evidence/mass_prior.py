@@ -85,28 +85,34 @@ class MassPrior:
         return cls(edges, np.log(nodes + pseudo_count) - np.log(others + pseudo_count))
 
     def node_scores(
-        self, x: np.ndarray, mask: np.ndarray, masses: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        mask: np.ndarray,
+        masses: np.ndarray | None = None,
+        columns: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Log-odds of every leaf subset of every event.
+        """Log-odds of every leaf subset of every event (or of the subsets in ``columns``).
 
         Args:
             x: ``(N, L, 4)`` leaves ``(px, py, pz, E)``, ``L <= MAX_PRIOR_LEAVES``.
             mask: ``(N, L)`` bool, real leaves.
-            masses: ``(N, 2^L)`` the subsets' invariant masses, if already at hand.
+            masses: ``(N, 2^L)`` (``(N, K)`` with ``columns``) the subsets' invariant masses,
+                if already at hand.
+            columns: ``(K,)`` bit masks: only these subsets.
 
         Returns:
-            ``(N, 2^L)`` float64 node scores for :func:`lcag.decode.decode`: 0 for single
-            leaves and for the set of all real leaves (the root is in every tree).
+            ``(N, 2^L)`` (or ``(N, K)``) float64 node scores for :func:`lcag.decode.decode`: 0
+            for single leaves and for the set of all real leaves (the root is in every tree).
         """
-        N, L, _ = x.shape
-        masses = subset_masses(x, mask) if masses is None else masses
+        L = x.shape[1]
+        bits = np.arange(1 << L) if columns is None else np.asarray(columns)
+        masses = subset_masses(x, mask, columns) if masses is None else masses
         masses = np.log(np.maximum(masses, _TINY_MASS))
-        sizes = subset_sizes(L)
+        sizes = subset_sizes(L)[bits]
         rows = np.clip(sizes, 2, self.log_odds.shape[0] + 1) - 2
         scores = self.log_odds[rows[None, :], _bin(self.edges, masses)]
-        scores[:, sizes < 2] = 0.0
         full = mask.astype(np.int64) @ (np.int64(1) << np.arange(L, dtype=np.int64))
-        scores[np.arange(N), full] = 0.0
+        scores[(sizes[None, :] < 2) | (bits[None, :] == full[:, None])] = 0.0
         return scores
 
 

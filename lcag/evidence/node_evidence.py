@@ -128,18 +128,18 @@ class NodeEvidence(nn.Module):
         """
         x_np = x.detach().cpu().numpy().astype(np.float64)[..., :4]
         mask_np = mask.cpu().numpy()
-        masses = subset_masses(x_np, mask_np)
-        prior = self.mass_prior.node_scores(x_np, mask_np, masses)
+        bits = None if columns is None else columns.cpu().numpy()
+        masses = subset_masses(x_np, mask_np, bits)
+        prior = self.mass_prior.node_scores(x_np, mask_np, masses, bits)
         candidates = torch.from_numpy(candidate_subsets(mask_np)).to(x.device)
         members = torch.from_numpy(subset_members(mask.shape[1]))
         if columns is not None:
-            prior, masses = prior[:, columns.numpy()], masses[:, columns.numpy()]
             candidates, members = candidates[:, columns], members[columns]
         if self.head is None:
             return torch.from_numpy(prior).to(x.device), candidates
         if leaves is None:
             raise ValueError("node evidence 'subset_head' needs the model's leaf embeddings")
-        kinematic = subset_kinematics(x_np, mask_np, prior, masses, columns=columns)
+        kinematic = subset_kinematics(x_np, mask_np, prior, masses, columns=bits)
         logits = self.head(leaves, members.to(leaves), torch.from_numpy(kinematic).to(leaves))
         return torch.where(candidates, logits, torch.zeros((), dtype=logits.dtype)), candidates
 

@@ -9,6 +9,7 @@ from lcag.decode.scores import inner_node_bits, subset_members
 __all__ = [
     "SUBSET_KINEMATICS",
     "candidate_subsets",
+    "event_masses",
     "node_indicator",
     "subset_kinematics",
     "subset_masses",
@@ -21,22 +22,33 @@ def subset_sizes(n_leaves: int) -> np.ndarray:
     return subset_members(n_leaves).sum(axis=1)
 
 
-def subset_masses(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Invariant mass of every leaf subset.
+def subset_masses(x: np.ndarray, mask: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """Invariant mass of every leaf subset (or of the subsets in ``columns``).
 
     Args:
         x: ``(N, L, 4)`` leaves ``(px, py, pz, E)``.
         mask: ``(N, L)`` bool, real leaves (padded leaves add nothing to a subset).
+        columns: ``(K,)`` bit masks: only these subsets.
 
     Returns:
-        ``(N, 2^L)`` float64, ``sqrt(max(E^2 - |p|^2, 0))`` of the summed 4-momenta.
+        ``(N, 2^L)`` (or ``(N, K)``) float64, ``sqrt(max(E^2 - |p|^2, 0))`` of the summed
+        4-momenta.
     """
-    L = x.shape[1]
-    leaves = np.where(mask[..., None], np.asarray(x, dtype=np.float64), 0.0)
+    N, L = mask.shape
+    leaves = np.where(mask[..., None], np.asarray(x, dtype=np.float64)[..., :4], 0.0)
     members = subset_members(L).astype(np.float64)  # (2^L, L)
-    total = np.matmul(members, leaves)  # (N, 2^L, 4), BLAS
-    m2 = total[..., 3] ** 2 - (total[..., :3] ** 2).sum(-1)
-    return np.sqrt(np.maximum(m2, 0.0))
+    if columns is not None:
+        members = members[np.asarray(columns)]
+    # one BLAS product for the whole batch: (S, L) @ (L, N * 4) -> (S, N, 4)
+    total = (members @ leaves.transpose(1, 0, 2).reshape(L, N * 4)).reshape(-1, N, 4)
+    e, px, py, pz = total[..., 3], total[..., 0], total[..., 1], total[..., 2]
+    return np.sqrt(np.maximum(e * e - px * px - py * py - pz * pz, 0.0)).T
+
+
+def event_masses(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(N,)`` invariant mass of all real leaves of each event together."""
+    total = np.where(mask[..., None], np.asarray(x, dtype=np.float64)[..., :4], 0.0).sum(1)
+    return np.sqrt(np.maximum(total[:, 3] ** 2 - (total[:, :3] ** 2).sum(-1), 0.0))
 
 
 def candidate_subsets(mask: np.ndarray) -> np.ndarray:
@@ -95,12 +107,10 @@ def subset_kinematics(
         ``(N, 2^L, 4)`` float64: ``log(1 + m_S)``, ``m_S / m_event``, ``|S| / L_event`` and
         the prior's log-odds (clipped to +-30).
     """
-    N, L = mask.shape
-    full = subset_masses(x, mask) if masses is None or columns is not None else masses
+    L = mask.shape[1]
     bits = np.arange(1 << L) if columns is None else np.asarray(columns)
-    masses = full[:, bits] if masses is None else masses
-    real = mask.astype(np.int64) @ (np.int64(1) << np.arange(L, dtype=np.int64))
-    event_mass = full[np.arange(N), real]
+    masses = subset_masses(x, mask, columns) if masses is None else masses
+    event_mass = event_masses(x, mask)
     n_real = np.maximum(mask.sum(1), 1)
     prior = np.zeros_like(masses) if prior_log_odds is None else prior_log_odds
     return np.stack(
