@@ -11,7 +11,7 @@ from strategies import EPS64, MAX_LOG_SCORE, assert_same_tree_or_tied, n_pairs
 from test_decode import all_valid_lcags
 
 from lcag import InvalidInputError, decode, is_valid_lcag, log_partition, top_k, tree_score
-from lcag.decode.scores import inner_node_masks
+from lcag.decode.scores import inner_node_masks, pair_log_scores
 
 
 def node_tolerance(n_leaves: int, node_scale: float) -> float:
@@ -70,6 +70,48 @@ def test_approximate_decoding_with_node_scores_is_valid_and_no_better_than_exact
     assert tree_score(approx, probs, node_scores=nodes) <= (
         tree_score(exact, probs, node_scores=nodes) + tolerance
     )
+
+
+def dendrogram_clusters(probs: np.ndarray) -> set[int]:
+    """The leaf sets (bit masks) of the average-linkage dendrogram of the expected pair height,
+    the approximate decoder's search space, by scipy's UPGMA."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    L = probs.shape[0]
+    s = pair_log_scores(probs)[..., 1:]  # heights 1..C-1
+    w = np.exp(s - s.max(-1, keepdims=True))
+    dist = (w * np.arange(1, s.shape[-1] + 1)).sum(-1) / w.sum(-1)
+    np.fill_diagonal(dist, 0.0)
+    sets = [1 << i for i in range(L)]
+    for a, b, _, _ in linkage(squareform(dist, checks=False), method="average"):
+        sets.append(sets[int(a)] | sets[int(b)])
+    return set(sets)
+
+
+@given(events(max_leaves=5))
+def test_approximate_decoding_with_node_scores_is_the_best_over_its_dendrogram(event):
+    probs, nodes, scale = event
+    trees, scores = brute_force_scores(probs, nodes)
+    clusters = dendrogram_clusters(probs)
+    L = len(probs)
+    inner = inner_node_masks(trees, np.ones((len(trees), L), dtype=bool))
+    allowed = np.array([set(m.tolist()) <= clusters for m in inner])
+    approx = decode(probs, node_scores=nodes, method="approx")
+    tolerance = node_tolerance(L, scale)
+    # a contracted merge is no node: its node score must not count
+    assert tree_score(approx, probs, node_scores=nodes) >= scores[allowed].max() - 2 * tolerance
+
+
+def test_a_contracted_merge_earns_no_node_score():
+    probs = np.full((3, 3, 3), 1e-3)
+    probs[..., 1] = 0.9  # every pair prefers height 1 (the flat tree)
+    probs[0, 1, 1] = probs[1, 0, 1] = 0.99  # leaves 0 and 1 merge first
+    nodes = np.zeros(8)
+    nodes[0b011] = 100.0  # but {0, 1} is surely a particle
+    expected = [[0, 1, 2], [1, 0, 2], [2, 2, 0]]
+    for method in ("exact", "approx"):
+        assert decode(probs, node_scores=nodes, method=method).tolist() == expected
 
 
 @given(events())

@@ -71,6 +71,7 @@ def decode_dendrogram(
     E0 = np.full((E, nodes, H + 1), _NEG)
     E1 = np.full((E, nodes, H + 1), _NEG)
     K = np.full((E, nodes - n, H + 1), _NEG)  # inner node kept at height h
+    Kc = np.full((E, nodes - n, H + 1), _NEG)  # contracted into an ancestor of height h
     E1[:, :n, 1] = 0.0
     E0[:, :n, 2:] = 0.0
     padded_cross = np.concatenate([np.full((E, n - 1, 1), _NEG), cross], axis=2)
@@ -78,31 +79,34 @@ def decode_dendrogram(
         a, b = children[:, t, 0], children[:, t, 1]
         e0a, e1a, e0b, e1b = E0[events, a], E1[events, a], E0[events, b], E1[events, b]
         alla, allb = np.maximum(e0a, e1a), np.maximum(e0b, e1b)
-        k = padded_cross[:, t] + node_bonus[:, t, None] + np.maximum(e1a + allb, alla + e1b)
-        k[:, 0] = _NEG
+        contracted = padded_cross[:, t] + np.maximum(e1a + allb, alla + e1b)
+        contracted[:, 0] = _NEG
+        k = contracted + node_bonus[:, t, None]  # kept: a node, with its node score
         K[:, t] = k
+        Kc[:, t] = contracted
         kept_lower = np.full((E, H + 1), _NEG)  # max_{h <= Hp-2} K[h]
         kept_lower[:, 2:] = np.maximum.accumulate(k, axis=1)[:, : H - 1]
         kept_below = np.full((E, H + 1), _NEG)  # K[Hp - 1]
         kept_below[:, 1:] = k[:, :-1]
-        E1[:, n + t] = np.maximum(k, kept_below)
+        E1[:, n + t] = np.maximum(contracted, kept_below)
         E0[:, n + t] = np.maximum(padded_cross[:, t] + e0a + e0b, kept_lower)
     root_height = K[:, -1].argmax(axis=1)
 
     out = np.zeros((E, n, n), dtype=np.int64)
     for e in range(E):
         _backtrack_dendrogram(
-            e, n, H, children[e], K[e], E0[e], E1[e], padded_cross[e], int(root_height[e]), out[e]
-        )
+            e, n, children[e], K[e], Kc[e], E0[e], E1[e], padded_cross[e], int(root_height[e]),
+            out[e],
+        )  # fmt: skip
     return out
 
 
 def _backtrack_dendrogram(
     e: int,
     n: int,
-    H: int,
     children: np.ndarray,
     K: np.ndarray,
+    Kc: np.ndarray,
     E0: np.ndarray,
     E1: np.ndarray,
     cross: np.ndarray,
@@ -124,8 +128,8 @@ def _backtrack_dendrogram(
         t = node - n
         a, b = int(children[t, 0]), int(children[t, 1])
         if state == "E1":
-            if K[t, hp] >= (K[t, hp - 1] if hp >= 1 else _NEG):
-                state = "K"  # contracted into the ancestor: pairs across get height hp
+            if Kc[t, hp] >= (K[t, hp - 1] if hp >= 1 else _NEG):
+                state = "C"  # contracted into the ancestor: pairs across get height hp
             else:
                 hp, state = hp - 1, "K"
         elif state == "E0":
@@ -138,7 +142,8 @@ def _backtrack_dendrogram(
                 M[np.ix_(leaves[b], leaves[a])] = hp
                 stack += [(a, hp, "E0"), (b, hp, "E0")]
                 continue
-        # state "K": node's cross pairs at hp, children inside height hp, one exact.
+        # state "K" (kept) or "C" (contracted): node's cross pairs at hp, children inside
+        # height hp, one of them exactly hp - 1.
         M[np.ix_(leaves[a], leaves[b])] = hp
         M[np.ix_(leaves[b], leaves[a])] = hp
         alla = max(E0[a, hp], E1[a, hp])
