@@ -1,10 +1,13 @@
 """``lcag-generate``: make a dataset from a config, or convert the paper's published files.
 
     lcag-generate --config configs/data/tiny.yaml --out data/tiny [--workers N] [--overwrite]
+    lcag-generate --config configs/data/paper.yaml --out data/paper --part 3/8   # one of 8 parts
+    lcag-generate --finalize data/paper         # check every shard, write the manifest
     lcag-generate --from-paper-npy DIR --out data/paper-published
     lcag-generate --from-hepmc FILE [FILE ...] --mother 511,-511 --out data/b0-hepmc
 
-Rerunning an interrupted command finishes it: completed shards are verified and kept.
+Rerunning an interrupted command finishes it: completed shards are verified and kept. Without
+``--part``, a Slurm array task or an MPI rank writes its own part (:mod:`lcag.data_gen.parts`).
 """
 
 from __future__ import annotations
@@ -13,9 +16,14 @@ import argparse
 import sys
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lcag.console import EXIT_INTERRUPTED, run_console
 from lcag.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lcag.data_gen.config import GenerationConfig
+    from lcag.data_gen.parts import Part
 
 __all__ = ["main"]
 
@@ -30,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="a generation config, e.g. configs/data/tiny.yaml"
     )
     source.add_argument(
+        "--finalize",
+        type=Path,
+        metavar="DIR",
+        help="write the manifest of a generation done in parts, after checking every shard",
+    )
+    source.add_argument(
         "--from-paper-npy",
         type=Path,
         metavar="DIR",
@@ -42,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="convert the decays of --mother in HepMC3 files (.gz, .bz2, .xz too) instead",
     )
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory")
+    parser.add_argument("--out", type=Path, help="dataset directory")
+    parser.add_argument(
+        "--part",
+        metavar="i/N",
+        help="write only part i (from 0) of N of the shards: shard k when k %% N == i; default: "
+        "the Slurm array task or MPI rank, else the whole dataset",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="worker processes (the output does not depend on it)"
     )
@@ -64,6 +84,15 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.finalize is not None:
+        return _finalize(args)
+    if args.out is None:
+        raise ConfigError("--out DIR is required: the dataset directory to write")
+    if args.part is not None and args.config is None:
+        raise ConfigError(
+            "--part splits a --config generation; --from-paper-npy and --from-hepmc "
+            "convert in one process"
+        )
     try:
         from lcag.data_gen.hepmc import convert_hepmc, options_from_cli
 
@@ -82,9 +111,19 @@ def _generate(args: argparse.Namespace) -> int:
             manifest = convert_paper_npy(args.from_paper_npy, args.out, overwrite=args.overwrite)
         else:
             from lcag.data_gen.config import load_config
+            from lcag.data_gen.parts import resolve_part
+
+            part = resolve_part(args.part)
+            if not part.whole and args.overwrite:
+                raise ConfigError(
+                    f"--overwrite with part {part} (from {part.source}): parts would delete "
+                    "each other's shards; empty --out once before starting the parts"
+                )
+            cfg = load_config(args.config)
+            if not part.whole:
+                return _generate_part(cfg, args, part)
             from lcag.data_gen.writer import generate_dataset
 
-            cfg = load_config(args.config)
             manifest = generate_dataset(
                 cfg,
                 args.out,
@@ -103,6 +142,55 @@ def _generate(args: argparse.Namespace) -> int:
         print("lcag-generate: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     _print_summary(manifest, args.out)
+    return 0
+
+
+def _generate_part(cfg: GenerationConfig, args: argparse.Namespace, part: Part) -> int:
+    from lcag.data_gen.writer import generate_part
+
+    outcome = generate_part(
+        cfg, args.out, part, workers=args.workers, progress=not args.no_progress
+    )
+    done = (
+        f"part {part} (from {part.source}): {outcome.shards} shards, "
+        f"{outcome.events:,} events complete"
+    )
+    if outcome.stale_markers:
+        print(
+            f"{done}; every part has a done-marker but the shards differ from them: run "
+            f"lcag-generate --finalize {args.out} to check every shard"
+        )
+    elif outcome.parts_done < part.count:
+        print(
+            f"{done}; {outcome.parts_done} of {part.count} parts complete: the last part to "
+            f"finish writes the manifest (or lcag-generate --finalize {args.out})"
+        )
+    else:
+        who = "this part wrote" if outcome.wrote_manifest else "another part wrote"
+        print(f"{done}; every part complete: {who} {args.out / 'manifest.json'}")
+        if outcome.manifest is not None:
+            _print_summary(outcome.manifest, args.out)
+    return 0
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    extra = [
+        name
+        for name, given in (
+            ("--out", args.out is not None),
+            ("--part", args.part is not None),
+            ("--overwrite", args.overwrite),
+        )
+        if given
+    ]
+    if extra:
+        raise ConfigError(
+            f"--finalize DIR takes no {' or '.join(extra)}: DIR is the dataset directory"
+        )
+    from lcag.data_gen.writer import finalize_dataset
+
+    manifest = finalize_dataset(args.finalize)
+    _print_summary(manifest, args.finalize)
     return 0
 
 

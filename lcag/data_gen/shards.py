@@ -6,6 +6,8 @@
                                /L{n}/topology int32 (N,), /L{n}/order int8 (N, n),
                                /topologies/* (the table of every topology of the dataset)
 <dir>/<split>/shard-00000.sha256   the shard's checksum, written before the shard appears
+<dir>/generation.json          the config being generated (written first)
+<dir>/parts/part-<i>-of-<N>.json   done-markers of a generation in parts (lcag.data_gen.parts)
 ```
 ``order[e, k]`` is the topology leaf that event leaf ``k`` is (``-1`` for a background leaf),
 so ``lcag[e] == permute(tree_to_lcag(topology), order[e])`` on the tree's leaves and 0 on

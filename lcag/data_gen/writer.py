@@ -6,6 +6,11 @@ Shards are independent units: shard ``i`` of split ``s`` draws its random number
 order. A shard is written to a temporary name, its checksum file is written, then it is
 renamed; a rerun keeps every shard whose checksum matches and redoes the rest. The manifest
 is written last.
+
+:func:`generate_part` writes one part of the shards (:mod:`lcag.data_gen.parts`) and, when it
+finds every part done, the manifest; :func:`finalize_dataset` writes the manifest of a dataset
+whose shards are all there. Every path builds the manifest with :func:`manifest_text`, which
+merges the shards' own statistics in shard order, so the bytes do not depend on the path.
 """
 
 from __future__ import annotations
@@ -16,13 +21,25 @@ import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lcag.data_gen.config import SPLITS, GenerationConfig
+from lcag.data_gen.config import SPLITS, GenerationConfig, load_config
+from lcag.data_gen.parts import (
+    PARTS,
+    Part,
+    marker_counts,
+    marker_path,
+    publish_exclusive,
+    read_markers,
+    shards_of_part,
+    write_marker,
+    write_unique,
+)
 from lcag.data_gen.shards import (
     FEATURES,
     MANIFEST,
@@ -33,15 +50,19 @@ from lcag.data_gen.shards import (
     shard_path,
 )
 from lcag.data_gen.topology import Topology
-from lcag.errors import DatasetError
+from lcag.errors import ConfigError, DatasetError
 from lcag.files import TMP_SUFFIX, atomic_write_text
 from lcag.matrix import permute, tree_to_lcag
 
 __all__ = [
+    "PartOutcome",
     "ShardPlan",
     "build_topologies",
     "claim_directory",
+    "finalize_dataset",
     "generate_dataset",
+    "generate_part",
+    "manifest_text",
     "plan_shards",
     "publish_shard",
     "write_manifest",
@@ -131,6 +152,127 @@ def generate_dataset(
     topologies = build_topologies(cfg)
     table = TopologyTable.from_topologies(topologies, cfg.topologies.known)
     plans = plan_shards(cfg)
+    _write_shards(cfg, out, topologies, table, plans, workers, progress, on_shard)
+    return write_manifest(out, **_manifest_fields(cfg, topologies, table, plans))
+
+
+@dataclass(frozen=True)
+class PartOutcome:
+    """What :func:`generate_part` did: its shards, and whether the dataset is now complete."""
+
+    part: Part
+    shards: int  # the part's shards (all complete now)
+    events: int  # their events
+    parts_done: int  # parts with a done-marker, this one included
+    manifest: dict[str, Any] | None  # the dataset's manifest, once every part is done
+    wrote_manifest: bool  # this call wrote it (False: another part did, or not yet complete)
+    stale_markers: bool = False  # every marker is there but shards differ from them
+
+
+def generate_part(
+    cfg: GenerationConfig,
+    out: Path,
+    part: Part,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    on_shard: Callable[[ShardPlan], None] | None = None,
+) -> PartOutcome:
+    """Generate (or finish) part ``part`` of the dataset of ``cfg`` in ``out``.
+
+    The part writes its shards (:func:`~lcag.data_gen.parts.shards_of_part`), then its
+    done-marker; if every part's marker is there, it tries to write the manifest, which only
+    one of the parts racing to do so succeeds in. Part ``0/1`` is :func:`generate_dataset`.
+
+    Raises:
+        DatasetError: ``out`` holds another config or foreign files.
+    """
+    out = Path(out)
+    plans = plan_shards(cfg)
+    if part.whole:
+        manifest = generate_dataset(cfg, out, workers=workers, progress=progress, on_shard=on_shard)
+        events = sum(p.n_events for p in plans)
+        return PartOutcome(part, len(plans), events, 1, manifest, True)
+    mine = shards_of_part(plans, part)
+    claim_directory(out, cfg.to_dict(), False, shards=mine)
+    marker = marker_path(out, part)
+    for leftover in marker.parent.glob(f"{marker.name}{TMP_SUFFIX}*"):
+        leftover.unlink(missing_ok=True)
+    topologies = build_topologies(cfg)
+    table = TopologyTable.from_topologies(topologies, cfg.topologies.known)
+    _write_shards(cfg, out, topologies, table, mine, workers, progress, on_shard)
+    write_marker(out, part, [_shard_entry(out, plan) for plan in mine])
+    markers = read_markers(out, part.count)
+    outcome = partial(PartOutcome, part, len(mine), sum(p.n_events for p in mine), len(markers))
+    if len(markers) < part.count:
+        return outcome(None, False)
+    if not _markers_cover(out, plans, markers):
+        return outcome(None, False, stale_markers=True)
+    manifest, text = manifest_text(out, **_manifest_fields(cfg, topologies, table, plans))
+    if publish_exclusive(out / MANIFEST, text):
+        return outcome(manifest, True)
+    try:  # another part won: its manifest stands
+        return outcome(json.loads((out / MANIFEST).read_text()), False)
+    except (OSError, ValueError):
+        return outcome(None, False)
+
+
+def finalize_dataset(out: Path) -> dict[str, Any]:
+    """Write the manifest of the ``--config`` generation in ``out`` from its shards alone.
+
+    Every shard the config plans is checked against its checksum first; the manifest is the
+    one a single process would have written.
+
+    Raises:
+        DatasetError: ``out`` is not such a generation, or shards are missing or damaged (all
+            named, with the parts that write them when done-markers say how many there are);
+            nothing is written then.
+    """
+    out = Path(out)
+    state = out / STATE
+    if not out.is_dir():
+        raise DatasetError(f"{out}: no such directory to finalize")
+    if not state.is_file():
+        raise DatasetError(
+            f"{out}: not an lcag dataset (no {STATE}); --finalize takes the --out directory "
+            "of lcag-generate --config"
+        )
+    held = _read_state(state)
+    config = held.get("config") if held.get("schema_version") == SCHEMA_VERSION else None
+    if not isinstance(config, dict):
+        raise DatasetError(
+            f"{state}: schema_version {held.get('schema_version')!r}, this lcag writes "
+            f"{SCHEMA_VERSION}; regenerate the dataset with this version"
+        )
+    if "source" in config:
+        raise DatasetError(
+            f"{state}: a dataset converted from {config['source']} files, which the converter "
+            "finishes itself; --finalize finishes lcag-generate --config generations"
+        )
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise DatasetError(f"{state}: its config does not load: {exc}") from None
+    plans = plan_shards(cfg)
+    problems = [(k, p, why) for k, p in enumerate(plans) if (why := _shard_problem(out, p))]
+    if problems:
+        raise DatasetError(_unfinished_message(out, plans, problems))
+    topologies = build_topologies(cfg)
+    table = TopologyTable.from_topologies(topologies, cfg.topologies.known)
+    return write_manifest(out, **_manifest_fields(cfg, topologies, table, plans))
+
+
+def _write_shards(
+    cfg: GenerationConfig,
+    out: Path,
+    topologies: Sequence[Topology],
+    table: TopologyTable,
+    plans: Sequence[ShardPlan],
+    workers: int,
+    progress: bool,
+    on_shard: Callable[[ShardPlan], None] | None,
+) -> None:
+    """Write every shard of ``plans`` that is not already complete in ``out``."""
     pending = [p for p in plans if not _shard_is_done(out, p)]
     done_events = sum(p.n_events for p in plans) - sum(p.n_events for p in pending)
     pool = None
@@ -161,19 +303,105 @@ def generate_dataset(
                     for future in futures:
                         future.cancel()
                     raise
-    return write_manifest(
-        out,
-        config=cfg.to_dict(),
-        shards=plans,
-        table=table,
-        n_classes=_n_classes(cfg, [t.depth for t in topologies]),
-        units="GeV" if cfg.decfile is not None else "a.u. (the paper's mass units)",
-        dtype=cfg.output.dtype,
+
+
+def _manifest_fields(
+    cfg: GenerationConfig,
+    topologies: Sequence[Topology],
+    table: TopologyTable,
+    plans: Sequence[ShardPlan],
+) -> dict[str, Any]:
+    """The arguments of :func:`manifest_text` for a ``--config`` generation."""
+    return {
+        "config": cfg.to_dict(),
+        "shards": plans,
+        "table": table,
+        "n_classes": _n_classes(cfg, [t.depth for t in topologies]),
+        "units": "GeV" if cfg.decfile is not None else "a.u. (the paper's mass units)",
+        "dtype": cfg.output.dtype,
+    }
+
+
+def _shard_entry(out: Path, plan: ShardPlan) -> dict[str, str]:
+    path = shard_path(out, plan.split, plan.index)
+    return {"file": str(path.relative_to(out)), "sha256": checksum_path(path).read_text().strip()}
+
+
+def _markers_cover(out: Path, plans: Sequence[ShardPlan], markers: dict[int, Any]) -> bool:
+    """Every planned shard is in a marker, with the checksum its checksum file holds now."""
+    recorded = {
+        entry.get("file"): entry.get("sha256")
+        for marker in markers.values()
+        for entry in marker.get("shards", [])
+        if isinstance(entry, dict)
+    }
+    for plan in plans:
+        path = shard_path(out, plan.split, plan.index)
+        check = checksum_path(path)
+        if not (path.is_file() and check.is_file()):
+            return False
+        if recorded.get(str(path.relative_to(out))) != check.read_text().strip():
+            return False
+    return True
+
+
+def _shard_problem(out: Path, plan: ShardPlan) -> str:
+    """Why a shard is not complete ("" when it is), verifying its checksum."""
+    path = shard_path(out, plan.split, plan.index)
+    check = checksum_path(path)
+    if not path.is_file():
+        return "missing"
+    if not check.is_file():
+        return f"no {check.name}"
+    if check.read_text().strip() != sha256_of(path):
+        return "checksum differs"
+    return ""
+
+
+def _unfinished_message(
+    out: Path, plans: Sequence[ShardPlan], problems: Sequence[tuple[int, ShardPlan, str]]
+) -> str:
+    shown = 6
+    named = [
+        f"{shard_path(out, p.split, p.index).relative_to(out)} ({why})" for _, p, why in problems
+    ]
+    listed = ", ".join(named[:shown])
+    if len(named) > shown:
+        listed += f" and {len(named) - shown} more"
+    counts = marker_counts(out)
+    if len(counts) == 1:
+        n = counts[0]
+        parts = sorted({k % n for k, _, _ in problems})
+        done = read_markers(out, n)
+        names = ", ".join(f"{i}/{n}" + ("" if i in done else " (no done-marker)") for i in parts)
+        if len(parts) == 1:
+            advice = (
+                f"part {names} is not complete: rerun it (--part {parts[0]}/{n}), then --finalize"
+            )
+        else:
+            advice = f"parts {names} are not complete: rerun them (--part i/{n}), then --finalize"
+    else:
+        advice = "rerun the generation (all of it, or every --part), then --finalize"
+    return (
+        f"{out}: {len(problems)} of {len(plans)} shards not complete, no manifest written: "
+        f"{listed}; {advice}"
     )
 
 
-def claim_directory(out: Path, config: dict[str, Any], overwrite: bool) -> None:
+def claim_directory(
+    out: Path,
+    config: dict[str, Any],
+    overwrite: bool,
+    shards: Sequence[ShardPlan] | None = None,
+) -> None:
     """Make ``out`` ours for ``config``: refuse another config, clear leftovers of a crash.
+
+    Parts of one generation may claim the same directory at the same time: the first to
+    create ``generation.json`` wins, the others check that it holds their config.
+
+    Args:
+        shards: the shards this process writes, whose leftovers it clears; ``None``: all of
+            them (one process writes the whole dataset).
 
     Raises:
         DatasetError: ``out`` holds a dataset of another config (unless ``overwrite``) or
@@ -181,34 +409,58 @@ def claim_directory(out: Path, config: dict[str, Any], overwrite: bool) -> None:
     """
     state_file = out / STATE
     wanted = {"schema_version": SCHEMA_VERSION, "config": config}
-    if state_file.is_file():
-        held = json.loads(state_file.read_text())
-        if held != wanted:
-            if not overwrite:
-                difference = _first_difference(held, wanted)
-                raise DatasetError(
-                    f"{out}: holds a dataset of another config ({difference}); "
-                    "pass --overwrite to replace it, or choose another directory"
-                )
-            _remove_dataset(out)
-    elif out.exists() and any(out.iterdir()):
-        raise DatasetError(
-            f"{out}: not empty and not an lcag dataset (no {STATE}); choose an empty directory"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(state_file, json.dumps(wanted, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(wanted, indent=1, sort_keys=True) + "\n"
+    if not state_file.is_file():
+        # Only another process's generation.json on its way in may be there already.
+        if out.exists() and any(not p.name.startswith(STATE) for p in out.iterdir()):
+            raise DatasetError(
+                f"{out}: not empty and not an lcag dataset (no {STATE}); choose an empty directory"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        publish_exclusive(state_file, text)  # a part starting at once may win: compared next
+    held = _read_state(state_file)
+    if held != wanted:
+        if not overwrite:
+            difference = _first_difference(held, wanted)
+            raise DatasetError(
+                f"{out}: holds a dataset of another config ({difference}); "
+                "pass --overwrite to replace it, or choose another directory"
+            )
+        _remove_dataset(out)
+        write_unique(state_file, text)
     for split in SPLITS:
-        folder = out / split
-        folder.mkdir(exist_ok=True)
-        for leftover in folder.glob(f"*{TMP_SUFFIX}*"):
-            leftover.unlink()
+        (out / split).mkdir(exist_ok=True)
+    if shards is None:
+        for split in SPLITS:
+            for leftover in (out / split).glob(f"*{TMP_SUFFIX}*"):
+                leftover.unlink(missing_ok=True)
+        for leftover in out.glob(f"{MANIFEST}{TMP_SUFFIX}*"):
+            leftover.unlink(missing_ok=True)
+        return
+    for plan in shards:  # other parts may be writing theirs right now
+        path = shard_path(out, plan.split, plan.index)
+        for name in (path.name, checksum_path(path).name):
+            for leftover in path.parent.glob(f"{name}{TMP_SUFFIX}*"):
+                leftover.unlink(missing_ok=True)
+
+
+def _read_state(state_file: Path) -> dict[str, Any]:
+    try:
+        held = json.loads(state_file.read_text())
+    except ValueError as exc:
+        raise DatasetError(f"{state_file}: not valid JSON ({exc})") from None
+    if not isinstance(held, dict):
+        raise DatasetError(f"{state_file}: expected a JSON object, got {type(held).__name__}")
+    return held
 
 
 def _remove_dataset(out: Path) -> None:
     for split in SPLITS:
         shutil.rmtree(out / split, ignore_errors=True)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
     for name in (MANIFEST, STATE):
         (out / name).unlink(missing_ok=True)
+        (out / f"{name}.claim").unlink(missing_ok=True)
 
 
 def _first_difference(held: Any, wanted: Any, where: str = "") -> str:
@@ -448,8 +700,38 @@ def write_manifest(
 ) -> dict[str, Any]:
     """Summarise finished shards into ``out/manifest.json`` (written atomically, last).
 
-    Event counts, leaf counts and checksums are read from the shards themselves; the
-    normalisation statistics are those of the train split's leaves.
+    The manifest is :func:`manifest_text`'s.
+    """
+    manifest, text = manifest_text(
+        out,
+        config=config,
+        shards=shards,
+        table=table,
+        n_classes=n_classes,
+        units=units,
+        dtype=dtype,
+    )
+    atomic_write_text(out / MANIFEST, text)
+    return manifest
+
+
+def manifest_text(
+    out: Path,
+    *,
+    config: dict[str, Any],
+    shards: Sequence[ShardPlan],
+    table: TopologyTable,
+    n_classes: int,
+    units: str,
+    dtype: str,
+) -> tuple[dict[str, Any], str]:
+    """The manifest of finished shards, as a dict and as the text of ``manifest.json``.
+
+    Event counts, leaf counts and checksums are read from the shards themselves, one shard
+    at a time. The normalisation statistics are those of the train split's leaves, merged
+    from each shard's stored sums (``feature_sum``, ``feature_sum_squares``, ``leaf_count``)
+    in shard order, so the bytes are the same whichever process, or how many, wrote the
+    shards, and no process holds more than one shard's attributes.
     """
     import h5py
 
@@ -497,8 +779,7 @@ def write_manifest(
         "splits": splits,
         "normalisation": {"split": "train", "mean": mean.tolist(), "std": std.tolist()},
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return manifest
+    return manifest, json.dumps(manifest, indent=1, sort_keys=True) + "\n"
 
 
 def _n_classes(cfg: GenerationConfig, depths: Sequence[int]) -> int:
