@@ -619,6 +619,14 @@ def publish_shard(
     os.replace(tmp, path)
 
 
+def _topology_key(table: TopologyTable, tid: int) -> tuple:
+    """What topology ``tid`` of ``table`` is (its nodes' rows), for this process's cache: one
+    process may write datasets of other configs with the same seed and topology ids."""
+    lo, hi = int(table.node_offsets[tid]), int(table.node_offsets[tid + 1])
+    rows = (table.parents, table.masses, table.widths, table.pdg_ids)
+    return (*(a[lo:hi].tobytes() for a in rows), table.names[lo:hi])
+
+
 def _shard_events(
     cfg: GenerationConfig,
     table: TopologyTable,
@@ -631,11 +639,12 @@ def _shard_events(
     engine = _engine()
     cache = _WORKER.setdefault("topologies", {})
     ids = [tid for tid, _ in plan.pieces]
+    keys = {tid: _topology_key(table, tid) for tid in ids}
     for tid in ids:
-        if (cfg.seed, tid) not in cache:
+        if keys[tid] not in cache:
             topology = table.topology(tid)
-            cache[cfg.seed, tid] = (topology, tree_to_lcag(topology.tree))
-    topologies = [cache[cfg.seed, tid][0] for tid in ids]
+            cache[keys[tid]] = (topology, tree_to_lcag(topology.tree))
+    topologies = [cache[keys[tid]][0] for tid in ids]
     split_index = SPLITS.index(plan.split)
     rng = np.random.default_rng(
         np.random.SeedSequence(cfg.seed, spawn_key=(SHARD_KEY, split_index, plan.index))
@@ -654,7 +663,7 @@ def _shard_events(
         leaf_masses = topology.tree.masses[: topology.n_leaves]
         leaves = smear(block.leaves, leaf_masses, cfg.kinematics.momentum_resolution, rng)
         background = add_background(len(leaves), cfg.kinematics, final_state, rng)
-        base = cache[cfg.seed, tid][1]
+        base = cache[keys[tid]][1]
         for n_extra in sorted({len(b) for b in background}):
             events = [e for e, b in enumerate(background) if len(b) == n_extra]
             extra = np.stack([background[e] for e in events]) if n_extra else None

@@ -112,6 +112,14 @@ def test_one_and_two_workers_give_identical_bytes(small_dataset, tmp_path):
     assert a == b
 
 
+def test_one_process_writes_two_configs_of_one_seed(small_dataset, tmp_path):
+    # same seed, same topology ids, other topologies: the process's caches must tell them apart
+    generate_dataset(load_config(tiny_dict(random={"max_children": 2})), tmp_path / "a", workers=1,
+                     progress=False)  # fmt: skip
+    generate_dataset(load_config(tiny_dict()), tmp_path / "b", workers=1, progress=False)
+    assert checksums(tmp_path / "b") == checksums(small_dataset)
+
+
 def test_killed_generation_resumes_to_the_same_bytes(small_dataset, tmp_path):
     config = write_config(tmp_path / "small.yaml", tiny_dict())
     out = tmp_path / "killed"
