@@ -53,7 +53,8 @@ class Reconstruction:
         score: the tree's score: the sum over pairs of log-probabilities, plus the weighted
             node evidence of its inner nodes when the model has some.
         probability: the tree's probability among all valid trees, ``exp(score - log Z)``
-            (:func:`lcag.decode.log_partition`); NaN above ``EXACT_MAX_LEAVES`` leaves.
+            (:func:`lcag.decode.log_partition`); above ``EXACT_MAX_LEAVES`` leaves among the
+            approximate decoder's trees (an upper bound).
         alternatives: with ``top_k = k``, the ``k`` most probable trees as
             ``(lcag, probability)``, best first (the first is ``lcag``); else empty.
         tree: the decay tree the LCAG describes (leaf ``k`` is the event's ``k``-th
@@ -227,7 +228,8 @@ class Reconstructor:
         self, lcag: np.ndarray, probs: np.ndarray, mask: np.ndarray, nodes: np.ndarray | None
     ) -> np.ndarray:
         """The calibrated probability ``(N,)`` of each event's tree ``lcag (N, L, L)`` among
-        all valid trees (inputs as in :meth:`log_partition`; NaN above ``EXACT_MAX_LEAVES``)."""
+        all valid trees (inputs as in :meth:`log_partition`; above ``EXACT_MAX_LEAVES`` leaves an
+        upper bound, among the approximate decoder's trees)."""
         scores = tree_score(lcag, probs, mask, node_scores=nodes)
         log_z = self.log_partition(probs, mask, nodes)
         return np.exp(np.minimum(scores / self.temperatures(mask) - log_z, 0.0))

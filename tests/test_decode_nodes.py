@@ -103,6 +103,23 @@ def test_approximate_decoding_with_node_scores_is_the_best_over_its_dendrogram(e
     assert tree_score(approx, probs, node_scores=nodes) >= scores[allowed].max() - 2 * tolerance
 
 
+@given(events(max_leaves=5))
+def test_log_partition_above_the_exact_limit_sums_the_dendrograms_trees(event):
+    probs, nodes, scale = event
+    trees, scores = brute_force_scores(probs, nodes)
+    L = len(probs)
+    inner = inner_node_masks(trees, np.ones((len(trees), L), dtype=bool))
+    allowed = np.array([set(m.tolist()) <= dendrogram_clusters(probs) for m in inner])
+    expected = np.logaddexp.reduce(scores[allowed])
+    got = log_partition(probs, node_scores=nodes, exact_max_leaves=1)  # the approximation
+    tolerance = node_tolerance(L, scale)
+    assert got == pytest.approx(expected, abs=2 * tolerance)
+    # a lower bound of the exact log-partition, and the decoded tree's probability is <= 1
+    assert got <= log_partition(probs, node_scores=nodes) + 2 * tolerance
+    approx = decode(probs, node_scores=nodes, method="approx")
+    assert tree_score(approx, probs, node_scores=nodes) <= got + 2 * tolerance
+
+
 def test_a_contracted_merge_earns_no_node_score():
     probs = np.full((3, 3, 3), 1e-3)
     probs[..., 1] = 0.9  # every pair prefers height 1 (the flat tree)

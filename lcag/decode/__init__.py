@@ -36,8 +36,12 @@ Methods:
   ``O(L^3 + L C)`` per event, and always returns a valid LCAG.
 - ``argmax``: each pair's most probable class on its own; fast, and may be invalid.
 - :func:`log_partition` and :func:`top_k` are exact (``O(3^L C)`` per event, and up to
-  ``L (L - 1) / 2`` exact decodes per extra tree for ``top_k``); for events above
-  ``exact_max_leaves`` leaves they return NaN and only the decoded tree.
+  ``L (L - 1) / 2`` exact decodes per extra tree for ``top_k``) up to ``exact_max_leaves``
+  leaves. Above it, :func:`log_partition` sums over the trees the approximate decoder chooses
+  among (those whose clusters are clusters of the dendrogram; the same recursion in
+  log-sum-exp form, ``O(L^3 + L C)``): a lower bound on ``log Z``, so a tree's probability
+  from it is an upper bound, close when the pair scores are confident. :func:`top_k` returns
+  only the decoded tree there.
 
 Outputs are int64 ``(L, L)`` (or ``(N, L, L)``) with 0 on the diagonal and -1 on padding.
 """
@@ -48,7 +52,7 @@ from typing import Literal
 
 import numpy as np
 
-from lcag.decode.dendrogram import decode_dendrogram
+from lcag.decode.dendrogram import decode_dendrogram, log_partition_dendrogram
 from lcag.decode.exact import decode_exact
 from lcag.decode.partition import log_partition_exact
 from lcag.decode.scores import (
@@ -196,7 +200,8 @@ def log_partition(
         probs: ``(L, L, C)`` or ``(N, L, L, C)``.
         mask: ``(N, L)`` bool, ``True`` for real leaves.
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` (module docstring).
-        exact_max_leaves: events with more real leaves get NaN.
+        exact_max_leaves: events with more real leaves get the log-partition over the
+            approximate decoder's trees (module docstring), a lower bound.
         eps: floor applied to probabilities before the logarithm.
 
     Returns:
@@ -209,14 +214,17 @@ def log_partition(
     counts = mask.sum(axis=1)
     for n_real in np.unique(counts).tolist():
         events = np.flatnonzero(counts == n_real)
-        if n_real > exact_max_leaves:
-            out[events] = np.nan
-            continue
         if n_real < 2:
             continue
         leaf_idx = np.argsort(~mask[events], axis=1, kind="stable")[:, :n_real]
         sub = scores[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]]
-        out[events] = log_partition_exact(sub, gather_node_scores(nodes, events, leaf_idx))
+        if n_real <= exact_max_leaves:
+            out[events] = log_partition_exact(sub, gather_node_scores(nodes, events, leaf_idx))
+        elif nodes is None:
+            out[events] = log_partition_dendrogram(sub)
+        else:
+            bits = np.int64(1) << leaf_idx.astype(np.int64)
+            out[events] = log_partition_dendrogram(sub, bits, nodes[events])
     return float(out[0]) if single else out
 
 

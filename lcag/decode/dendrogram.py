@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["decode_dendrogram"]
+__all__ = ["decode_dendrogram", "log_partition_dendrogram"]
 
 _NEG = -np.inf
 
 
-def decode_dendrogram(
-    scores: np.ndarray, node_bits: np.ndarray | None = None, nodes: np.ndarray | None = None
-) -> np.ndarray:
-    """Best valid LCAG among contractions of an average-linkage dendrogram.
-
-    Args:
-        scores: ``(E, n, n, H)`` pair log-scores, index ``k`` = height ``k + 1``.
-        node_bits: ``(E, n)`` int64, the bit of each gathered leaf in ``nodes``' indexing.
-        nodes: ``(N, 2^L)`` node scores by leaf bit mask, added for each kept merge (and the
-            root); rows are this call's events in order.
-
-    Returns:
-        ``(E, n, n)`` int64.
-    """
+def _cluster(
+    scores: np.ndarray, node_bits: np.ndarray | None, nodes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average-linkage merges of each event: ``children (E, n-1, 2)`` (dendrogram node ids,
+    leaves ``0..n-1``, merge ``t`` is node ``n + t``), the summed pair scores across each
+    merge ``cross (E, n-1, H + 1)`` (index = height, 0 unused) and each merge's node score
+    ``node_bonus (E, n-1)``."""
     E, n, _, H = scores.shape
     events = np.arange(E)
     # Expected height under the (renormalised) pair distribution, the clustering distance.
@@ -65,6 +58,27 @@ def decode_dendrogram(
             node_bonus[:, t] = nodes[events, bits[:, n + t]]
         slot_node[events, a] = n + t
 
+    padded_cross = np.concatenate([np.full((E, n - 1, 1), _NEG), cross], axis=2)
+    return children, padded_cross, node_bonus
+
+
+def decode_dendrogram(
+    scores: np.ndarray, node_bits: np.ndarray | None = None, nodes: np.ndarray | None = None
+) -> np.ndarray:
+    """Best valid LCAG among contractions of an average-linkage dendrogram.
+
+    Args:
+        scores: ``(E, n, n, H)`` pair log-scores, index ``k`` = height ``k + 1``.
+        node_bits: ``(E, n)`` int64, the bit of each gathered leaf in ``nodes``' indexing.
+        nodes: ``(N, 2^L)`` node scores by leaf bit mask, added for each kept merge (and the
+            root); rows are this call's events in order.
+
+    Returns:
+        ``(E, n, n)`` int64.
+    """
+    E, n, _, H = scores.shape
+    events = np.arange(E)
+    children, padded_cross, node_bonus = _cluster(scores, node_bits, nodes)
     # DP, index h = 0..H (0 unused for inner nodes). For a subtree u inside an ancestor of
     # height Hp: E1[u, Hp] = best with some direct child of height Hp - 1, E0 = all lower.
     nodes = 2 * n - 1
@@ -74,7 +88,6 @@ def decode_dendrogram(
     Kc = np.full((E, nodes - n, H + 1), _NEG)  # contracted into an ancestor of height h
     E1[:, :n, 1] = 0.0
     E0[:, :n, 2:] = 0.0
-    padded_cross = np.concatenate([np.full((E, n - 1, 1), _NEG), cross], axis=2)
     for t in range(n - 1):
         a, b = children[:, t, 0], children[:, t, 1]
         e0a, e1a, e0b, e1b = E0[events, a], E1[events, a], E0[events, b], E1[events, b]
@@ -152,3 +165,43 @@ def _backtrack_dendrogram(
             stack += [(a, hp, "E1"), (b, hp, "E0" if E0[b, hp] >= E1[b, hp] else "E1")]
         else:
             stack += [(a, hp, "E0" if E0[a, hp] >= E1[a, hp] else "E1"), (b, hp, "E1")]
+
+
+def log_partition_dendrogram(
+    scores: np.ndarray, node_bits: np.ndarray | None = None, nodes: np.ndarray | None = None
+) -> np.ndarray:
+    """``log sum_T exp(score(T))`` over the valid LCAGs ``T`` whose clusters are clusters of the
+    average-linkage dendrogram (the trees :func:`decode_dendrogram` chooses among): its
+    recursion in log-sum-exp form, each tree counted once (a merge is kept as a node at its
+    own height, or contracted into the nearest kept ancestor; "at least one child of height
+    ``h - 1``" is split into disjoint cases). A lower bound on the log-partition over all
+    trees, equal to it when every tree of non-negligible weight is in the dendrogram.
+
+    Args: as :func:`decode_dendrogram`.
+
+    Returns:
+        ``(E,)`` float64.
+    """
+    E, n, _, H = scores.shape
+    events = np.arange(E)
+    children, cross, node_bonus = _cluster(scores, node_bits, nodes)
+    E0 = np.full((E, 2 * n - 1, H + 1), _NEG)  # every direct child below Hp - 1
+    E1 = np.full((E, 2 * n - 1, H + 1), _NEG)  # some direct child exactly at Hp - 1
+    E1[:, :n, 1] = 0.0
+    E0[:, :n, 2:] = 0.0
+    k = np.full((E, H + 1), _NEG)
+    with np.errstate(invalid="ignore"):  # -inf - -inf inside logaddexp of empty terms
+        for t in range(n - 1):
+            a, b = children[:, t, 0], children[:, t, 1]
+            e0a, e1a, e0b, e1b = E0[events, a], E1[events, a], E0[events, b], E1[events, b]
+            some = np.logaddexp(e1a + np.logaddexp(e0b, e1b), e0a + e1b)
+            contracted = cross[:, t] + some
+            contracted[:, 0] = _NEG
+            k = contracted + node_bonus[:, t, None]  # kept at height h, a node
+            kept_lower = np.full((E, H + 1), _NEG)  # sum over h <= Hp - 2 of k[h]
+            kept_lower[:, 2:] = np.logaddexp.accumulate(k, axis=1)[:, : H - 1]
+            kept_below = np.full((E, H + 1), _NEG)
+            kept_below[:, 1:] = k[:, :-1]
+            E1[:, n + t] = np.logaddexp(contracted, kept_below)
+            E0[:, n + t] = np.logaddexp(cross[:, t] + e0a + e0b, kept_lower)
+    return np.logaddexp.reduce(k[:, 1:], axis=1)  # the root is kept, at any height

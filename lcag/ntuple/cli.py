@@ -11,7 +11,7 @@ Per entry (event) the output holds, in the input's order, input files one after 
 - ``parent`` (jagged int32, one per tree node): the decay tree as a parent array, leaves
   first, then inner nodes by height, ``-1`` for the root (as ``Reconstruction.tree.parents``);
 - ``score`` (float64): the tree's score; ``probability`` (float64): its probability among all
-  valid trees (NaN above 10 leaves);
+  valid trees (above 10 leaves an upper bound, among the approximate decoder's trees);
 - the ``--carry`` branches, unchanged.
 
 ROOT output adds uproot's counter branches ``n_lcag`` and ``n_parent``. The input is read in
