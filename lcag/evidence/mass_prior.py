@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lcag.errors import ConfigError
 from lcag.evidence.subsets import node_indicator, subset_masses, subset_sizes
 
 __all__ = ["AUTO_BINS", "MAX_PRIOR_LEAVES", "MassPrior"]
@@ -74,6 +75,11 @@ class MassPrior:
                 of leaves than in training.
             pseudo_count: added to both counts of every bin.
         """
+        if n_bins != "auto" and (isinstance(n_bins, bool) or not isinstance(n_bins, int)
+                                 or n_bins < 1):  # fmt: skip
+            raise ConfigError(
+                f"mass_prior_bins: expected 'auto' or an integer >= 1, got {n_bins!r}"
+            )
         table = _subset_table(events, max_size)
         if table is None:
             return cls.empty(400 if n_bins == "auto" else n_bins, max_size)

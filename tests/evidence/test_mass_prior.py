@@ -4,8 +4,10 @@ chosen on held-out events, and checkpoints that keep whatever number of bins was
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from lcag.errors import ConfigError
 from lcag.evidence import MassPrior
 from lcag.evidence.mass_prior import AUTO_BINS
 from lcag.evidence.node_evidence import NodeEvidence
@@ -72,3 +74,10 @@ def test_a_prior_of_any_bin_count_travels_in_a_state_dict():
     x = torch.tensor(np.stack([e["x"] for e in two_resonances(3, 0.01, seed=2)]))
     mask = torch.ones(3, 4, dtype=torch.bool)
     assert np.array_equal(loaded.scores(x, mask), evidence.scores(x, mask))
+
+
+def test_a_bad_bin_count_is_named():
+    with pytest.raises(
+        ConfigError, match="mass_prior_bins: expected 'auto' or an integer >= 1, got 0"
+    ):
+        MassPrior.fit(two_resonances(10, 0.0), n_bins=0)
