@@ -104,6 +104,13 @@ def _is_local_file_path(ckpt_path: str) -> bool:
     return keyword not in CKPT_KEYWORDS and "://" not in ckpt_path and bool(Path(ckpt_path).name)
 
 
+MORE_SUBCOMMANDS = (
+    "\nalso:\n"
+    "  lcag export --ckpt CKPT --format onnx|torchscript --out FILE   (lcag export --help)\n"
+    "  lcag info CKPT                                                 (lcag info --help)"
+)
+
+
 def main(args: list[str] | None = None) -> int:
     """``lcag fit|validate|test|predict|export|info``; returns the exit status.
 
@@ -119,7 +126,11 @@ def main(args: list[str] | None = None) -> int:
     def run() -> None:
         LCAGCLI(LCAGModule, LCAGDataModule, save_config_kwargs={"overwrite": True}, args=args)
 
-    return run_console("lcag", run, user_errors=(MisconfigurationException,))
+    try:
+        return run_console("lcag", run, user_errors=(MisconfigurationException,))
+    finally:
+        if argv[:1] in (["-h"], ["--help"]):  # Lightning's help names its own subcommands only
+            print(MORE_SUBCOMMANDS)
 
 
 if __name__ == "__main__":

@@ -210,3 +210,10 @@ def test_massless_leaves_within_rounding_pass(checkpoint):
     event[:, 3] = np.sqrt((event[:, :3].astype(np.float64) ** 2).sum(1))  # photons
     event[:, 3] = np.nextafter(event[:, 3], np.float32(0))  # one float32 ulp below |p|
     assert len(reco.reconstruct([event])) == 1
+
+
+def test_help_names_every_subcommand():
+    result = run("lcag", "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("fit", "validate", "test", "predict", "lcag export", "lcag info"):
+        assert name in result.stdout
