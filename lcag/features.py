@@ -12,7 +12,7 @@ import torch
 
 from lcag.errors import ConfigError
 
-__all__ = ["PAIR_FEATURES", "normalise", "pair_features"]
+__all__ = ["PAIR_FEATURES", "model_inputs", "normalise", "pair_features"]
 
 #: Pair features that can be switched on, in the order they are stacked.
 PAIR_FEATURES = {
@@ -72,3 +72,25 @@ def pair_features(p: torch.Tensor, mask: torch.Tensor, names: Sequence[str]) -> 
             check_pair_features([name])
     stacked = torch.stack(out, dim=-1)
     return torch.where(pair_mask, stacked, torch.zeros((), dtype=stacked.dtype))
+
+
+def model_inputs(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    pair_names: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a backbone takes from raw leaves: normalised features and pair features.
+
+    Training, :class:`lcag.Reconstructor` and the exported graph all call this, so they feed
+    their models alike.
+
+    Args:
+        x: ``(B, L, F)`` raw features (``px, py, pz, E`` first); mask: ``(B, L)`` bool;
+        mean, std: ``(F,)`` training statistics; pair_names: from :data:`PAIR_FEATURES`.
+
+    Returns:
+        ``(B, L, F)`` normalised leaves and ``(B, L, L, P)`` pair features (or ``None``).
+    """
+    return normalise(x, mask, mean, std), pair_features(x, mask, pair_names)

@@ -35,7 +35,7 @@ from lcag.evidence.calibration import (
 )
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
-from lcag.features import check_pair_features, normalise, pair_features
+from lcag.features import check_pair_features, model_inputs
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
 from lcag.tree import DecayTree
@@ -169,8 +169,9 @@ class Reconstructor:
         ``None``) for ``x (N, L, F)``, ``mask (N, L)``: one pass of the model."""
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         mt = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
-        pair = pair_features(xt, mt, self.pair_names)
-        normalised = normalise(xt, mt, self.feature_mean, self.feature_std)
+        normalised, pair = model_inputs(
+            xt, mt, self.feature_mean, self.feature_std, self.pair_names
+        )
         logits, leaves = self.model.forward_with_leaves(normalised, mt, pair)
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
         if self.evidence is None or self.node_weight == 0:

@@ -28,7 +28,7 @@ from lcag.evidence.node_evidence import (
     true_nodes,
     upgrade_state_dict,
 )
-from lcag.features import check_pair_features, normalise, pair_features
+from lcag.features import check_pair_features, model_inputs
 from lcag.metrics import PairAccuracy, PerfectTreeRate, ValidTreeRate
 from lcag.models.base import LCAGModel
 from lcag.training.tree_loss import tree_nll
@@ -168,8 +168,9 @@ class LCAGModule(pl.LightningModule):
         self, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B, C, L, L)`` and leaf embeddings ``(B, L, D)`` from raw ``x (B, L, F)``."""
-        pair = pair_features(x, mask, self.pair_names)
-        normalised = normalise(x, mask, self.feature_mean, self.feature_std)
+        normalised, pair = model_inputs(
+            x, mask, self.feature_mean, self.feature_std, self.pair_names
+        )
         return self.model.forward_with_leaves(normalised, mask, pair)
 
     def setup(self, stage: str) -> None:

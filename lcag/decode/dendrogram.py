@@ -62,6 +62,46 @@ def _cluster(
     return children, padded_cross, node_bonus
 
 
+def _recursion(
+    children: np.ndarray, cross: np.ndarray, node_bonus: np.ndarray, H: int, plus: np.ufunc
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The dynamic programme over the merges, in the semiring ``(plus, +)``: ``np.maximum``
+    for the best tree, ``np.logaddexp`` for the log-partition (every case split is disjoint,
+    so each tree is counted once).
+
+    Index ``h = 0..H`` (0 unused for inner nodes). For a subtree ``u`` inside an ancestor of
+    height ``Hp``: ``E1[u, Hp]`` has some direct child of height ``Hp - 1``, ``E0`` has all
+    lower; ``K[t, h]`` is merge ``t`` kept as a node at height ``h`` (with its node score),
+    ``Kc[t, h]`` the same merge contracted into an ancestor of height ``h``.
+
+    Returns:
+        ``K, Kc (E, n-1, H + 1)`` and ``E0, E1 (E, 2n-1, H + 1)``.
+    """
+    E, m, _ = children.shape
+    n = m + 1
+    events = np.arange(E)
+    E0 = np.full((E, 2 * n - 1, H + 1), _NEG)
+    E1 = np.full((E, 2 * n - 1, H + 1), _NEG)
+    K = np.full((E, n - 1, H + 1), _NEG)
+    Kc = np.full((E, n - 1, H + 1), _NEG)
+    E1[:, :n, 1] = 0.0
+    E0[:, :n, 2:] = 0.0
+    for t in range(n - 1):
+        a, b = children[:, t, 0], children[:, t, 1]
+        e0a, e1a, e0b, e1b = E0[events, a], E1[events, a], E0[events, b], E1[events, b]
+        contracted = cross[:, t] + plus(e1a + plus(e0b, e1b), e0a + e1b)  # a exact, or b
+        contracted[:, 0] = _NEG
+        k = contracted + node_bonus[:, t, None]  # kept: a node, with its node score
+        K[:, t], Kc[:, t] = k, contracted
+        kept_lower = np.full((E, H + 1), _NEG)  # over h <= Hp - 2 of k[h]
+        kept_lower[:, 2:] = plus.accumulate(k, axis=1)[:, : H - 1]
+        kept_below = np.full((E, H + 1), _NEG)  # k[Hp - 1]
+        kept_below[:, 1:] = k[:, :-1]
+        E1[:, n + t] = plus(contracted, kept_below)
+        E0[:, n + t] = plus(cross[:, t] + e0a + e0b, kept_lower)
+    return K, Kc, E0, E1
+
+
 def decode_dendrogram(
     scores: np.ndarray, node_bits: np.ndarray | None = None, nodes: np.ndarray | None = None
 ) -> np.ndarray:
@@ -77,32 +117,8 @@ def decode_dendrogram(
         ``(E, n, n)`` int64.
     """
     E, n, _, H = scores.shape
-    events = np.arange(E)
     children, padded_cross, node_bonus = _cluster(scores, node_bits, nodes)
-    # DP, index h = 0..H (0 unused for inner nodes). For a subtree u inside an ancestor of
-    # height Hp: E1[u, Hp] = best with some direct child of height Hp - 1, E0 = all lower.
-    nodes = 2 * n - 1
-    E0 = np.full((E, nodes, H + 1), _NEG)
-    E1 = np.full((E, nodes, H + 1), _NEG)
-    K = np.full((E, nodes - n, H + 1), _NEG)  # inner node kept at height h
-    Kc = np.full((E, nodes - n, H + 1), _NEG)  # contracted into an ancestor of height h
-    E1[:, :n, 1] = 0.0
-    E0[:, :n, 2:] = 0.0
-    for t in range(n - 1):
-        a, b = children[:, t, 0], children[:, t, 1]
-        e0a, e1a, e0b, e1b = E0[events, a], E1[events, a], E0[events, b], E1[events, b]
-        alla, allb = np.maximum(e0a, e1a), np.maximum(e0b, e1b)
-        contracted = padded_cross[:, t] + np.maximum(e1a + allb, alla + e1b)
-        contracted[:, 0] = _NEG
-        k = contracted + node_bonus[:, t, None]  # kept: a node, with its node score
-        K[:, t] = k
-        Kc[:, t] = contracted
-        kept_lower = np.full((E, H + 1), _NEG)  # max_{h <= Hp-2} K[h]
-        kept_lower[:, 2:] = np.maximum.accumulate(k, axis=1)[:, : H - 1]
-        kept_below = np.full((E, H + 1), _NEG)  # K[Hp - 1]
-        kept_below[:, 1:] = k[:, :-1]
-        E1[:, n + t] = np.maximum(contracted, kept_below)
-        E0[:, n + t] = np.maximum(padded_cross[:, t] + e0a + e0b, kept_lower)
+    K, Kc, E0, E1 = _recursion(children, padded_cross, node_bonus, H, np.maximum)
     root_height = K[:, -1].argmax(axis=1)
 
     out = np.zeros((E, n, n), dtype=np.int64)
@@ -182,26 +198,7 @@ def log_partition_dendrogram(
     Returns:
         ``(E,)`` float64.
     """
-    E, n, _, H = scores.shape
-    events = np.arange(E)
+    H = scores.shape[-1]
     children, cross, node_bonus = _cluster(scores, node_bits, nodes)
-    E0 = np.full((E, 2 * n - 1, H + 1), _NEG)  # every direct child below Hp - 1
-    E1 = np.full((E, 2 * n - 1, H + 1), _NEG)  # some direct child exactly at Hp - 1
-    E1[:, :n, 1] = 0.0
-    E0[:, :n, 2:] = 0.0
-    k = np.full((E, H + 1), _NEG)
-    with np.errstate(invalid="ignore"):  # -inf - -inf inside logaddexp of empty terms
-        for t in range(n - 1):
-            a, b = children[:, t, 0], children[:, t, 1]
-            e0a, e1a, e0b, e1b = E0[events, a], E1[events, a], E0[events, b], E1[events, b]
-            some = np.logaddexp(e1a + np.logaddexp(e0b, e1b), e0a + e1b)
-            contracted = cross[:, t] + some
-            contracted[:, 0] = _NEG
-            k = contracted + node_bonus[:, t, None]  # kept at height h, a node
-            kept_lower = np.full((E, H + 1), _NEG)  # sum over h <= Hp - 2 of k[h]
-            kept_lower[:, 2:] = np.logaddexp.accumulate(k, axis=1)[:, : H - 1]
-            kept_below = np.full((E, H + 1), _NEG)
-            kept_below[:, 1:] = k[:, :-1]
-            E1[:, n + t] = np.logaddexp(contracted, kept_below)
-            E0[:, n + t] = np.logaddexp(cross[:, t] + e0a + e0b, kept_lower)
-    return np.logaddexp.reduce(k[:, 1:], axis=1)  # the root is kept, at any height
+    K = _recursion(children, cross, node_bonus, H, np.logaddexp)[0]
+    return np.logaddexp.reduce(K[:, -1, 1:], axis=1)  # the root is kept, at any height

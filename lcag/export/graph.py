@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lcag.features import check_pair_features, normalise, pair_features
+from lcag.features import check_pair_features, model_inputs
 from lcag.models.base import LCAGModel
 from lcag.models.nri import LCAGNRI
 
@@ -133,8 +133,9 @@ class ExportGraph(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``probs (B, L, L, C)`` from raw ``x (B, L, F)`` and ``mask (B, L)``."""
-        pair = pair_features(x, mask, self.pair_names)
-        normalised = normalise(x, mask, self.feature_mean, self.feature_std)
+        normalised, pair = model_inputs(
+            x, mask, self.feature_mean, self.feature_std, self.pair_names
+        )
         logits = self.backbone(normalised, mask, pair)
         return logits.float().softmax(dim=1).permute(0, 2, 3, 1)
 
