@@ -124,6 +124,7 @@ def train_and_test(
     pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(best, dm_test)
     result = {"model": name, "epochs": trainer.current_epoch, "seconds": trained, "budget": budget}
     result["node_weight"] = float(best.node_weight)
+    result["mass_prior_bins"] = len(best.mass_prior.edges) - 1
     for subset in ("test", "test_unseen"):
         info = best.results[subset]
         for method in METHODS:
@@ -189,6 +190,9 @@ def main() -> None:
                 six = r[f"{subset}/{method}/<=6"]
                 ten = r[f"{subset}/{method}/<=10"]
                 print(f"{r['model']:<18} {label:<8} {short:<8} {six:>10.1%} {ten:>11.1%}")
+            if subset == "test":
+                print(f"{r['model']:<18} mass prior bins {r['mass_prior_bins']}, node weight "
+                      f"{r['node_weight']:g}")  # fmt: skip
             print(f"{r['model']:<18} {label:<8} ECE of the full method's probabilities: "
                   f"{r[f'{subset}/ece']:.3f}")  # fmt: skip
     print(f"{'paper (Kahn 2022)':<18} {'known':<8} {'-':<8} {PAPER[6]:>10.1%} {PAPER[10]:>11.1%}")

@@ -151,6 +151,7 @@ def test_scoring_some_subsets_gives_those_of_scoring_all():
     columns = torch.tensor([3, 7, 12, 15, 31])
     every, _ = evidence.node_logits(xt, mask, leaves)
     some, candidates = evidence.node_logits(xt, mask, leaves, columns)
-    assert torch.allclose(some, every[:, columns], atol=1e-6)
+    # float32 matmuls over other shapes may round differently: a few ulp of logits ~10
+    assert torch.allclose(some, every[:, columns], rtol=1e-5, atol=1e-5)
     assert candidates[2].tolist() == [True, True, True, False, False]  # 15: root, 31: padding
     assert bool(torch.all(some[2, 3:] == 0))
