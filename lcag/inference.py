@@ -38,6 +38,7 @@ from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
 from lcag.features import check_pair_features, model_inputs
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
+from lcag.training.lowrank import restore_low_rank
 from lcag.tree import DecayTree
 
 __all__ = ["Reconstruction", "Reconstructor"]
@@ -136,7 +137,9 @@ class Reconstructor:
         model = LCAGModel.from_config(hparams["model"])
         state = upgrade_state_dict(checkpoint["state_dict"])
         try:
-            model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+            model_state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+            restore_low_rank(model, model_state)  # OIALR's factorised layers
+            model.load_state_dict(model_state)
             mean, std = state["feature_mean"], state["feature_std"]
             evidence = NodeEvidence(
                 hparams.get("node_evidence", "none"),

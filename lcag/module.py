@@ -31,6 +31,7 @@ from lcag.evidence.node_evidence import (
 from lcag.features import check_pair_features, model_inputs
 from lcag.metrics import PairAccuracy, PerfectTreeRate, ValidTreeRate
 from lcag.models.base import LCAGModel
+from lcag.training.lowrank import restore_low_rank
 from lcag.training.tree_loss import tree_nll
 
 __all__ = ["LCAGModule"]
@@ -208,6 +209,7 @@ class LCAGModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
+        restore_low_rank(self, checkpoint["state_dict"])  # OIALR's factorised layers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what the checkpoint is (``lcag info``): the lcag version, the training data
@@ -479,7 +481,9 @@ class LCAGModule(pl.LightningModule):
         hparams = dict(checkpoint["hyper_parameters"])
         model = LCAGModel.from_config(hparams.pop("model"))
         module = cls(model, **hparams)
-        module.load_state_dict(upgrade_state_dict(checkpoint["state_dict"]))
+        state = upgrade_state_dict(checkpoint["state_dict"])
+        restore_low_rank(module, state)  # OIALR's factorised layers, from their shapes
+        module.load_state_dict(state)
         return module.eval()
 
 
