@@ -80,6 +80,7 @@ def train_and_test(
     node_evidence: str,
     tree_loss: float,
     budget: str = "wall",
+    extra_callbacks: list[pl.Callback] | None = None,
 ) -> dict:
     import lightning.pytorch as pl
 
@@ -110,7 +111,12 @@ def train_and_test(
         accelerator="cpu",
         max_time=None if limit else {"minutes": minutes},
         max_epochs=1000,
-        callbacks=[checkpoint, TreeCalibration(), *([limit] if limit else [])],
+        callbacks=[
+            checkpoint,
+            TreeCalibration(),
+            *([limit] if limit else []),
+            *(extra_callbacks or []),
+        ],
         logger=pl.loggers.CSVLogger(out, name=name),
         enable_progress_bar=False,
         use_distributed_sampler=False,
