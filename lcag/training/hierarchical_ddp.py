@@ -31,8 +31,9 @@ Parameters are therefore identical within a node at all times, and identical eve
 each global synchronisation. With ``max_skip = 1`` (or during warm-up / cool-down) it is plain
 DDP: the same weights as :class:`~lightning.pytorch.strategies.DDPStrategy` up to float rounding
 (the global mean is taken in two stages). Buffers are not broadcast at every forward pass
-(``broadcast_buffers=False`` by default, as that would be a cross-node collective per step);
-global rank 0's buffers are broadcast at every parameter synchronisation instead.
+(DDP's ``forward_sync_buffers``, formerly ``broadcast_buffers``, is off by default: it would be a
+cross-node collective per step); DDP broadcasts them at the start, and with ``sync_buffers`` the
+strategy broadcasts global rank 0's at every parameter synchronisation.
 
 Counters (:meth:`HierarchicalDDP.comm_stats`, also logged as ``daso/*`` to the trainer's
 loggers after each validation and at the end of training): global synchronisations,
@@ -212,6 +213,10 @@ class HierarchicalDDP(DDPStrategy):
         monitor: the logged validation metric watched for plateaus (synced over ranks).
         ranks_per_node: processes per node; default from Lightning's ``num_nodes`` and devices,
             ``LOCAL_WORLD_SIZE`` or ``SLURM_NTASKS_PER_NODE``.
+        sync_buffers: broadcast global rank 0's buffers with every parameter synchronisation
+            (for running statistics such as BatchNorm's). lcag's modules set their buffers
+            identically on every rank (normalisation, mass prior, node weight from synced
+            validation metrics), so the default leaves them to DDP's initial broadcast.
         **kwargs: passed to :class:`~lightning.pytorch.strategies.DDPStrategy` (``timeout``,
             ``process_group_backend``, ``find_unused_parameters``, ...) and on to
             :class:`~torch.nn.parallel.DistributedDataParallel`.
@@ -228,12 +233,18 @@ class HierarchicalDDP(DDPStrategy):
         threshold: float = 1e-4,
         monitor: str = "val/loss",
         ranks_per_node: int | None = None,
+        sync_buffers: bool = False,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("ddp_comm_hook") is not None or kwargs.get("model_averaging_period"):
+        # (LightningCLI passes every argument of DDPStrategy and DistributedDataParallel, most
+        # as None: None means "not given")
+        if any(
+            kwargs.get(key) is not None
+            for key in ("ddp_comm_hook", "ddp_comm_wrapper", "ddp_comm_state")
+        ) or kwargs.get("model_averaging_period"):
             raise ConfigError(
-                "HierarchicalDDP sets its own DDP communication hook: ddp_comm_hook and "
-                "model_averaging_period cannot be given"
+                "HierarchicalDDP sets its own DDP communication hook: ddp_comm_hook, "
+                "ddp_comm_wrapper, ddp_comm_state and model_averaging_period cannot be given"
             )
         if kwargs.get("start_method", "popen") != "popen":
             raise ConfigError("HierarchicalDDP: start_method must be 'popen'")
@@ -243,6 +254,9 @@ class HierarchicalDDP(DDPStrategy):
             raise ConfigError(
                 f"HierarchicalDDP: ranks_per_node must be >= 1, got {ranks_per_node!r}"
             )
+        for key in ("broadcast_buffers", "forward_sync_buffers"):
+            if kwargs.get(key, 0) is None:
+                del kwargs[key]
         if not {"broadcast_buffers", "forward_sync_buffers"} & kwargs.keys():
             # no cross-node buffer broadcast at every forward pass (buffers are synced at
             # initialisation, and rank 0's at every parameter synchronisation)
@@ -251,6 +265,7 @@ class HierarchicalDDP(DDPStrategy):
         self.schedule = SkipSchedule(max_skip, warmup_epochs, cooldown_epochs, patience, threshold)
         self.monitor = monitor
         self._ranks_per_node_arg = ranks_per_node
+        self.sync_buffers = sync_buffers
         self.stats = CommStats()
         self._node_group: Any = None
         self._cross_group: Any = None
@@ -382,11 +397,12 @@ class HierarchicalDDP(DDPStrategy):
                 buffer.detach().copy_(value)
 
     def synchronize_parameters(self) -> None:
-        """Average the parameters over the nodes and broadcast rank 0's buffers (every rank
-        must call it)."""
+        """Average the parameters over the nodes (and broadcast rank 0's buffers with
+        ``sync_buffers``); every rank must call it."""
         if self.nodes > 1:
             self._average([p.data for p in self.lightning_module.parameters()])
-            self._broadcast_buffers()
+            if self.sync_buffers:
+                self._broadcast_buffers()
             self.stats.global_syncs += 1
         self._params_diverged = False
 

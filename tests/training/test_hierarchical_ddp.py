@@ -37,6 +37,7 @@ def _net():
         def __init__(self) -> None:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+            self.register_buffer("mark", torch.zeros(()))  # set to the rank by the recorder
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -72,15 +73,18 @@ def _run(name: str, out: Path) -> dict:
 
     from lcag.training.hierarchical_ddp import HierarchicalDDP
 
-    record: dict = {"before": [], "after": [], "skip": []}
+    record: dict = {"before": [], "after": [], "skip": [], "mark": []}
 
     class Recorder(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             record["before"].append(_flat(module))
+            if trainer.current_epoch == 1 and batch_idx == 0:
+                module.mark.fill_(trainer.global_rank)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             record["after"].append(_flat(module))
             record["skip"].append(getattr(trainer.strategy, "skip", 1))
+            record["mark"].append(float(module.mark))
 
     timeout = timedelta(seconds=60)
     callbacks: list = [Recorder()]
@@ -95,7 +99,12 @@ def _run(name: str, out: Path) -> dict:
         )
     else:  # "schedule": warm-up, skipping and cool-down epochs, validation, a checkpoint
         strategy = HierarchicalDDP(
-            max_skip=4, warmup_epochs=1, cooldown_epochs=1, ranks_per_node=PER_NODE, timeout=timeout
+            max_skip=4,
+            warmup_epochs=1,
+            cooldown_epochs=1,
+            ranks_per_node=PER_NODE,
+            sync_buffers=True,
+            timeout=timeout,
         )
         epochs, val = 3, _loader(1, WORLD * BATCH)
         callbacks.append(
@@ -246,13 +255,18 @@ def test_schedule_warmup_skipping_cooldown_and_checkpoint(runs):
     # the checkpoint after the 10th step (epoch 1's second batch, a node-local step) holds
     # the mean of the two nodes' weights, and every rank continued from it
     ckpt = torch.load(runs[0]["dir"] / "ckpt" / "step=10.ckpt", weights_only=True)
-    saved = torch.cat([t.flatten() for t in ckpt["state_dict"].values()])
+    saved = torch.cat([t.flatten() for k, t in ckpt["state_dict"].items() if k != "mark"])
     mean = (sched[0]["after"][9] + sched[2]["after"][9]) / 2
     assert _apart(sched[0]["after"][9], sched[2]["after"][9])
     assert _close(saved, mean)
     for rank in range(WORLD):
         assert _close(sched[rank]["before"][10], saved)
     assert runs[0]["schedule"]["stats"]["control_bytes"] > 0  # the plateau test heard val/loss
+    # sync_buffers: a buffer set to each rank's number at epoch 1's start is rank 0's
+    # everywhere after the first synchronisation (the checkpoint's, after step 10)
+    for rank in range(WORLD):
+        assert sched[rank]["mark"][STEPS : STEPS + 2] == [rank, rank]
+        assert sched[rank]["mark"][STEPS + 2 :] == [0.0] * (2 * STEPS - 2)
 
 
 # ------------------------------------------------------------- the schedule, pure Python
