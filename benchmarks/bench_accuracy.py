@@ -81,6 +81,7 @@ def train_and_test(
     tree_loss: float,
     budget: str = "wall",
     extra_callbacks: list[pl.Callback] | None = None,
+    composition: bool = True,
 ) -> dict:
     import lightning.pytorch as pl
 
@@ -101,6 +102,7 @@ def train_and_test(
         scheduler="none",
         node_evidence=node_evidence,
         tree_loss_weight=tree_loss,
+        mass_prior_composition=composition,
     )
     dm = LCAGDataModule(str(data), batch_size=64, eval_batch_size=512, max_eval_events=2000)
     checkpoint = pl.callbacks.ModelCheckpoint(
@@ -131,6 +133,7 @@ def train_and_test(
     result = {"model": name, "epochs": trainer.current_epoch, "seconds": trained, "budget": budget}
     result["node_weight"] = float(best.node_weight)
     result["mass_prior_bins"] = len(best.mass_prior.edges) - 1
+    result["compositions"] = len(best.mass_prior.joint_keys)
     for subset in ("test", "test_unseen"):
         info = best.results[subset]
         for method in METHODS:
@@ -171,12 +174,22 @@ def main() -> None:
         "--node-evidence", default="subset_head", choices=["subset_head", "mass_prior", "none"]
     )
     parser.add_argument("--tree-loss", type=float, default=0.0, help="tree_loss_weight")
+    parser.add_argument(
+        "--no-composition", action="store_true", help="a mass prior without leaf compositions"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = make_data(args.out, args.data_config)
     results = [
         train_and_test(
-            n, data, args.out, args.minutes, args.node_evidence, args.tree_loss, args.budget
+            n,
+            data,
+            args.out,
+            args.minutes,
+            args.node_evidence,
+            args.tree_loss,
+            args.budget,
+            composition=not args.no_composition,
         )
         for n in args.models
     ]
@@ -197,8 +210,9 @@ def main() -> None:
                 ten = r[f"{subset}/{method}/<=10"]
                 print(f"{r['model']:<18} {label:<8} {short:<8} {six:>10.1%} {ten:>11.1%}")
             if subset == "test":
-                print(f"{r['model']:<18} mass prior bins {r['mass_prior_bins']}, node weight "
-                      f"{r['node_weight']:g}")  # fmt: skip
+                print(f"{r['model']:<18} mass prior bins {r['mass_prior_bins']}, "
+                      f"(composition, bin) pairs {r['compositions']:,}, "
+                      f"node weight {r['node_weight']:g}")  # fmt: skip
             print(f"{r['model']:<18} {label:<8} ECE of the full method's probabilities: "
                   f"{r[f'{subset}/ece']:.3f}")  # fmt: skip
     print(f"{'paper (Kahn 2022)':<18} {'known':<8} {'-':<8} {PAPER[6]:>10.1%} {PAPER[10]:>11.1%}")

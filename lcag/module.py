@@ -67,6 +67,9 @@ class LCAGModule(pl.LightningModule):
         mass_prior_bins: log-mass bins of the prior, or ``auto``: chosen on held-out
             training events (:meth:`lcag.evidence.MassPrior.fit`).
         mass_prior_events: training events the prior is counted from (spread over the split).
+        mass_prior_composition: the prior also counts the leaf-species composition of each
+            subset where leaves come in species (:class:`lcag.evidence.MassPrior`), kept only
+            if it predicts held-out training events better.
         subset_loss_weight: weight of the subset head's binary cross-entropy in the loss.
         subset_head_hidden: hidden width of the subset head.
         subset_loss_samples: training batches with more leaf subsets than this score this
@@ -95,6 +98,7 @@ class LCAGModule(pl.LightningModule):
         node_weights: list[float] | None = None,
         mass_prior_bins: int | Literal["auto"] = "auto",
         mass_prior_events: int = 50_000,
+        mass_prior_composition: bool = True,
         subset_loss_weight: float = 1.0,
         subset_head_hidden: int = 32,
         subset_loss_samples: int = 256,
@@ -193,7 +197,9 @@ class LCAGModule(pl.LightningModule):
                 datamodule.data_dir, "train", max_events=self.hparams.mass_prior_events
             )
             prior = MassPrior.fit(
-                train.__getitems__(range(len(train))), n_bins=self.hparams.mass_prior_bins
+                train.__getitems__(range(len(train))),
+                n_bins=self.hparams.mass_prior_bins,
+                composition=self.hparams.get("mass_prior_composition", True),
             )
             self.evidence.set_prior(prior)
 

@@ -125,13 +125,23 @@ def test_bad_kind_and_missing_width_are_config_errors():
 
 def test_old_state_dicts_are_upgraded():
     old = {"mass_prior_edges": 1, "mass_prior_log_odds": 2, "node_weight": 3, "model.w": 4}
-    assert upgrade_state_dict(old) == {
+    upgraded = upgrade_state_dict(old)
+    compositions = {k: upgraded.pop(k) for k in list(upgraded) if "species" in k or "compos" in k}
+    assert upgraded == {
         "evidence.mass_prior_edges": 1,
         "evidence.mass_prior_log_odds": 2,
         "evidence.weight": 3,
         "evidence.prior_weight": 3,  # the prior was the whole evidence
         "model.w": 4,
     }
+    # no compositions counted: an empty table, so the prior is the mass alone
+    assert sorted(compositions) == [
+        "evidence.composition_keys",
+        "evidence.composition_log_odds",
+        "evidence.species_codes",
+        "evidence.species_log_masses",
+    ]
+    assert compositions["evidence.composition_keys"].numel() == 0
     scalar = upgrade_state_dict({"feature_mean": 0, "tree_temperature": torch.tensor(2.0)})
     assert scalar["tree_temperature"].tolist() == [2.0] * 11  # one per leaf count
 

@@ -23,6 +23,7 @@ from torch import nn
 from lcag.decode import EXACT_MAX_LEAVES
 from lcag.decode.scores import subset_members
 from lcag.errors import ConfigError
+from lcag.evidence.composition import Species
 from lcag.evidence.mass_prior import MAX_PRIOR_LEAVES, MassPrior
 from lcag.evidence.subsets import (
     SUBSET_KINEMATICS,
@@ -75,6 +76,8 @@ class NodeEvidence(nn.Module):
         empty = MassPrior.empty(n_bins)
         self.register_buffer("mass_prior_edges", torch.from_numpy(empty.edges))
         self.register_buffer("mass_prior_log_odds", torch.from_numpy(empty.log_odds))
+        for name, value in _composition_buffers(empty).items():
+            self.register_buffer(name, value)
         self.register_buffer("weight", torch.tensor(0.0, dtype=torch.float64))
         # the mass prior's own weight when it is decoded alone (for comparison)
         self.register_buffer("prior_weight", torch.tensor(0.0, dtype=torch.float64))
@@ -88,18 +91,25 @@ class NodeEvidence(nn.Module):
     def mass_prior(self) -> MassPrior:
         """The prior held in the buffers (all zeros until :meth:`set_prior`)."""
         return MassPrior(
-            self.mass_prior_edges.cpu().numpy(), self.mass_prior_log_odds.cpu().numpy()
+            self.mass_prior_edges.cpu().numpy(),
+            self.mass_prior_log_odds.cpu().numpy(),
+            Species(self.species_log_masses.cpu().numpy(), self.species_codes.cpu().numpy()),
+            self.composition_keys.cpu().numpy(),
+            self.composition_log_odds.cpu().numpy(),
         )
 
     def set_prior(self, prior: MassPrior) -> None:
-        """Hold ``prior`` (of any number of bins) in the buffers."""
+        """Hold ``prior`` (of any number of bins and compositions) in the buffers."""
         device = self.mass_prior_edges.device
         self.mass_prior_edges = torch.from_numpy(prior.edges.astype(np.float64)).to(device)
         self.mass_prior_log_odds = torch.from_numpy(prior.log_odds.astype(np.float64)).to(device)
+        for name, value in _composition_buffers(prior).items():
+            setattr(self, name, value.to(device))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        """Take the stored prior's shape (its bins are chosen when it is fitted)."""
-        for name in _RENAMED:
+        """Take the stored prior's shape (its bins and compositions are chosen when it is
+        fitted)."""
+        for name in _RESIZED:
             stored = state_dict.get(prefix + name)
             if stored is not None and stored.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
@@ -208,13 +218,29 @@ def true_nodes(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 _RENAMED = {"mass_prior_edges", "mass_prior_log_odds"}
+_COMPOSITION = ("species_log_masses", "species_codes", "composition_keys", "composition_log_odds")
+_RESIZED = _RENAMED | set(_COMPOSITION)
+
+
+def _composition_buffers(prior: MassPrior) -> dict[str, torch.Tensor]:
+    """The prior's leaf species and (composition, bin) log-odds as tensors, by buffer name."""
+    values = (
+        prior.species.log_masses.astype(np.float64),
+        prior.species.codes.astype(np.int64),
+        prior.joint_keys.astype(np.int64),
+        prior.joint_log_odds.astype(np.float64),
+    )
+    return {
+        name: torch.from_numpy(np.ascontiguousarray(v))
+        for name, v in zip(_COMPOSITION, values, strict=True)
+    }
 
 
 def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Move a checkpoint's node-evidence buffers from the module's top level (checkpoints
     written before :class:`NodeEvidence` existed) to ``evidence.*``, give it the prior's own
-    weight when it has none (the prior was then the whole evidence) and a tree temperature of
-    1 (uncalibrated); others pass unchanged."""
+    weight when it has none (the prior was then the whole evidence), no compositions when it
+    has none, and a tree temperature of 1 (uncalibrated); others pass unchanged."""
     out = {}
     for key, value in state.items():
         if key in _RENAMED:
@@ -225,6 +251,10 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[key] = value
     if "evidence.weight" in out and "evidence.prior_weight" not in out:
         out["evidence.prior_weight"] = out["evidence.weight"]
+    if "evidence.mass_prior_edges" in out:  # written before the prior counted compositions
+        empty = _composition_buffers(MassPrior.empty())
+        for name, value in empty.items():
+            out.setdefault(f"evidence.{name}", value)
     if "feature_mean" in out:  # a module: one temperature per leaf count, 1 if uncalibrated
         t = out.get("tree_temperature", torch.tensor(1.0, dtype=torch.float64))
         out["tree_temperature"] = t.expand(EXACT_MAX_LEAVES + 1).clone() if t.dim() == 0 else t
