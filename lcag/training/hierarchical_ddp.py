@@ -105,7 +105,7 @@ class SkipSchedule:
         warmup_epochs: the first epochs run with ``k = 1``.
         cooldown_epochs: the last epochs (of ``max_epochs``) run with ``k = 1``.
         patience: validations in a row without improvement that make a plateau.
-        threshold: an improvement is a loss below ``best * (1 - threshold)``.
+        threshold: an improvement is a loss below ``best - threshold * |best|``.
     """
 
     def __init__(
@@ -155,7 +155,8 @@ class SkipSchedule:
         phase count; a NaN loss counts as no improvement."""
         if self.phase(epoch, max_epochs) != "skipping":
             return False
-        if loss < self.best * (1 - self.threshold):  # False for NaN
+        margin = self.threshold * abs(self.best) if math.isfinite(self.best) else 0.0
+        if loss < self.best - margin:  # False for NaN
             self.best, self.bad = loss, 0
             return False
         self.bad += 1
@@ -367,14 +368,15 @@ class HierarchicalDDP(DDPStrategy):
         return future
 
     def _average(self, tensors: list[torch.Tensor]) -> None:
-        """Average tensors (equal within each node) over the nodes in place, one flattened
-        all-reduce per dtype."""
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        """Average floating-point tensors (equal within each node) over the nodes in place, one
+        flattened all-reduce per dtype and device (on the strategy's device: NCCL needs CUDA
+        tensors, and Adam keeps its step counts on the CPU)."""
+        by_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
         for tensor in tensors:
             if tensor.is_floating_point():
-                by_dtype.setdefault(tensor.dtype, []).append(tensor)
-        for group in by_dtype.values():
-            flat = _flatten_dense_tensors([t.detach() for t in group])
+                by_kind.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+        for group in by_kind.values():
+            flat = _flatten_dense_tensors([t.detach() for t in group]).to(self.root_device)
             self._cross_node_mean(flat)
             for tensor, value in zip(group, _unflatten_dense_tensors(flat, group), strict=True):
                 tensor.detach().copy_(value)
@@ -382,11 +384,11 @@ class HierarchicalDDP(DDPStrategy):
     def _broadcast_buffers(self) -> None:
         """Global rank 0's buffers to every rank: over the leaders, then inside each node (one
         flattened broadcast per dtype)."""
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        by_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
         for buffer in self.lightning_module.buffers():
-            by_dtype.setdefault(buffer.dtype, []).append(buffer)
-        for group in by_dtype.values():
-            flat = _flatten_dense_tensors([b.detach() for b in group])
+            by_kind.setdefault((buffer.dtype, buffer.device), []).append(buffer)
+        for group in by_kind.values():
+            flat = _flatten_dense_tensors([b.detach() for b in group]).to(self.root_device)
             if self.is_leader:
                 dist.broadcast(flat, src=0, group=self._cross_group)
             self.stats.global_broadcasts += 1
@@ -476,7 +478,7 @@ class HierarchicalDDP(DDPStrategy):
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             return
-        loss = torch.tensor([float(value)], dtype=torch.float64)
+        loss = torch.tensor([float(value)], dtype=torch.float64, device=self.root_device)
         dist.broadcast(loss, src=0)  # one decision for all ranks, whatever the metric's sync
         self.stats.control_bytes += self.nodes * loss.numel() * loss.element_size()
         # a new k takes effect from the next epoch (an epoch's k is fixed at its first batch)

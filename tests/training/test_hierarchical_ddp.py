@@ -307,6 +307,17 @@ def test_skip_schedule_halves_down_from_an_odd_maximum_and_validates_its_argumen
             SkipSchedule(**bad)
 
 
+def test_skip_schedule_threshold_is_relative_to_the_best_loss_of_either_sign():
+    for best, small_gain, real_gain in ((1.0, 0.95, 0.85), (-1.0, -1.05, -1.15)):
+        s = SkipSchedule(max_skip=4, warmup_epochs=0, cooldown_epochs=0, patience=2, threshold=0.1)
+        assert not s.record(best, 0, None)
+        assert not s.record(small_gain, 1, None)  # within 10 % of the best: no improvement
+        assert not s.record(real_gain, 2, None)  # an improvement resets the count
+        assert not s.record(real_gain, 3, None)
+        assert s.record(real_gain, 4, None)
+        assert s.skip == 2
+
+
 def test_ranks_per_node_from_the_environment(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
