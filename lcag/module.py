@@ -486,7 +486,8 @@ class LCAGModule(pl.LightningModule):
         checkpoint = load_checkpoint(path, map_location=map_location)
         hparams = dict(checkpoint["hyper_parameters"])
         model = LCAGModel.from_config(hparams.pop("model"))
-        module = cls(model, **hparams)
+        # LightningCLI records its own keys (``_instantiator``, ``_class_path``) beside ours
+        module = cls(model, **{k: v for k, v in hparams.items() if not k.startswith("_")})
         state = upgrade_state_dict(checkpoint["state_dict"])
         restore_low_rank(module, state)  # OIALR's factorised layers, from their shapes
         module.load_state_dict(state)

@@ -220,6 +220,9 @@ def test_ddp_validation_agrees_with_a_single_process(tiny_data, tmp_path):
         # equal counts; abs covers the float32 ratio (eps32 on a value <= 1) and the CSV, and is
         # far below one event or pair in 200 events (1 / 5600 pairs at most)
         assert logged[name] == pytest.approx(checked[name], abs=1e-6), name
+    # a checkpoint of `lcag fit` (LightningCLI adds its own keys to the hyperparameters) loads
+    module = LCAGModule.from_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert module.n_classes == 5
 
 
 def test_a_config_naming_a_missing_class_is_refused(tiny_data, tmp_path):

@@ -174,6 +174,20 @@ def _best_scores(checkpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _prior_facts(state: Mapping[str, Any]) -> dict[str, int] | None:
+    """The mass prior's size (bins, leaf species, stored (composition, bin) pairs), if any."""
+    edges = state.get("evidence.mass_prior_edges")
+    if edges is None:
+        return None
+    species = state.get("evidence.species_log_masses")
+    keys = state.get("evidence.composition_keys")
+    return {
+        "bins": int(edges.numel()) - 1,
+        "species": 0 if species is None else int(species.numel()),
+        "compositions": 0 if keys is None else int(keys.numel()),
+    }
+
+
 def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """Everything :func:`format_facts` prints, from a loaded checkpoint (with or without
     ``lcag_info``); JSON-ready."""
@@ -216,6 +230,7 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
             "node_evidence": {
                 "kind": evidence,
                 "weight": None if weight is None else float(weight),
+                "mass_prior": _prior_facts(state),
                 "note": NODE_EVIDENCE_NOTE,
             },
             # one per leaf count (entry n for n leaves, larger events the last), or one number
@@ -359,6 +374,11 @@ def format_facts(facts: Mapping[str, Any]) -> str:
     weight = evidence.get("weight")
     at = "" if weight is None else f" at weight {_number(weight)}"
     lines.append(("node evidence", f"{evidence.get('kind')}{at}: {NODE_EVIDENCE_NOTE}"))
+    prior = evidence.get("mass_prior")
+    if prior:
+        lines.append(("mass prior", f"{prior['bins']} log-mass bins, {prior['species']} leaf "
+                                    f"species, {prior['compositions']:,} (composition, bin) "
+                                    "pairs"))  # fmt: skip
     if facts.get("tree_temperature") is not None:
         lines.append(("tree temperature", _temperatures(facts["tree_temperature"])))
     export = facts.get("export")
