@@ -156,6 +156,8 @@ class OIALR(pl.Callback):
         self.ranks: dict[str, int] = {}  # factorised layer -> its rank
         self.full_ranks: dict[str, int] = {}  # factorised layer -> min(out, in)
         self.history: list[dict[str, Any]] = []
+        self.stabilities: dict[str, float] = {}  # dense layer -> stability at the last check
+        self.logged: dict[str, float] = {}  # logged every step once the first check is done
         self.last_check = -1
 
     # ------------------------------------------------------------------ selection
@@ -175,29 +177,26 @@ class OIALR(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
         step = trainer.global_step
-        if step == self.last_check or step < self.warmup_steps:
-            return
-        if (step - self.warmup_steps) % self.frequency:
-            return
-        self.last_check = step
-        before = len(self.history)
-        if self.check(pl_module, trainer.optimizers, step, trainer):
-            _rewrap_ddp(trainer)
-        changed = len(self.history) - before
-        pl_module.log_dict(
-            {
+        due = step >= self.warmup_steps and not (step - self.warmup_steps) % self.frequency
+        if due and step != self.last_check:
+            self.last_check = step
+            before = len(self.history)
+            if self.check(pl_module, trainer.optimizers, step, trainer):
+                _rewrap_ddp(trainer)
+            changed = len(self.history) - before
+            self.logged = {
                 "oialr/trained_parameters": float(trained_parameters(pl_module)),
                 "oialr/low_rank_layers": float(len(self.ranks)),
-            },
-            on_step=True,
-            on_epoch=False,
-            batch_size=1,
-        )
-        if changed and self.verbose and trainer.is_global_zero:
-            print(
-                f"OIALR step {step}: {len(self.ranks)} low-rank layers ({changed} changed), "
-                f"{trained_parameters(pl_module):,} trained parameters"
-            )
+            }
+            if self.stabilities:  # of the layers dense at this check
+                self.logged["oialr/min_stability"] = min(self.stabilities.values())
+            if changed and self.verbose and trainer.is_global_zero:
+                print(
+                    f"OIALR step {step}: {len(self.ranks)} low-rank layers ({changed} changed), "
+                    f"{self.logged['oialr/trained_parameters']:,.0f} trained parameters"
+                )
+        if self.logged:  # every step, so that the logger's interval always finds them
+            pl_module.log_dict(self.logged, on_step=True, on_epoch=False, batch_size=1)
 
     @torch.no_grad()
     def check(
@@ -237,6 +236,7 @@ class OIALR(pl.Callback):
         }
         if trainer is not None and trainer.world_size > 1:
             decision = trainer.strategy.broadcast(decision, src=0)
+        self.stabilities = {self._name(n): s for n, s in decision["stability"].items()}
         touched: list[tuple[nn.Module, list[nn.Parameter]]] = []
         for name, layer in low_rank_layers(root):
             keep = int(decision["keep"].get(name, layer.rank))
