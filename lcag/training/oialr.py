@@ -71,8 +71,9 @@ def orthogonal_factor(weight: torch.Tensor) -> torch.Tensor:
 
 def basis_stability(previous: torch.Tensor, current: torch.Tensor) -> float:
     """Mean over columns of the cosine similarity of two ``(out, in)`` bases: 1 when the
-    basis has not moved."""
-    previous, current = previous.double(), current.double()
+    basis has not moved. ``previous`` (kept on the CPU between checks) moves to
+    ``current``'s device."""
+    previous, current = previous.to(current.device).double(), current.double()
     dot = (previous * current).sum(0)
     norms = previous.norm(dim=0) * current.norm(dim=0)
     return float((dot / norms.clamp(min=1e-12)).mean())
