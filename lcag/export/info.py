@@ -192,12 +192,17 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """Everything :func:`format_facts` prints, from a loaded checkpoint (with or without
     ``lcag_info``); JSON-ready."""
     from lcag.evidence.node_evidence import upgrade_state_dict
+    from lcag.training.lowrank import factorised_ranks
 
     stored = dict(checkpoint.get(METADATA_KEY) or {})
     hparams = dict(checkpoint["hyper_parameters"])
     state = upgrade_state_dict(dict(checkpoint["state_dict"]))
     model = dict(hparams["model"])
-    n_parameters = sum(int(v.numel()) for k, v in state.items() if k.startswith("model."))
+    low_rank = {k: r for k, r in factorised_ranks(state).items() if k.startswith("model.")}
+    bases = {f"{name}.{b}" for name in low_rank for b in ("U", "V")}  # fixed, not trained
+    n_parameters = sum(
+        int(v.numel()) for k, v in state.items() if k.startswith("model.") and k not in bases
+    )
     data = stored.get("data")
     if not data:
         datamodule = checkpoint.get("datamodule_hyper_parameters") or {}
@@ -216,6 +221,7 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
                 "class_path": model.get("class_path"),
                 "init_args": model.get("init_args", {}),
                 "parameters": n_parameters,
+                **({"low_rank": low_rank} if low_rank else {}),  # OIALR: layer -> rank
             },
             "inputs": {
                 "features": data.get("features"),
@@ -315,6 +321,9 @@ def format_facts(facts: Mapping[str, Any]) -> str:
     args = model.get("init_args", {})
     lines.append(("model", f"{model.get('class_path')}, {_number(model.get('parameters'))} "
                            "parameters"))  # fmt: skip
+    if model.get("low_rank"):  # OIALR's factorised layers: their cores count, not the bases
+        ranks = ", ".join(f"{k.removeprefix('model.')} {r}" for k, r in model["low_rank"].items())
+        lines.append(("", f"{len(model['low_rank'])} low-rank layers (U S V^T), ranks: {ranks}"))
     lines.append(("", " ".join(f"{k}={v}" for k, v in args.items())))
     inputs = facts.get("inputs", {})
     features = inputs.get("features")

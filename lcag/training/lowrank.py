@@ -24,6 +24,7 @@ from torch import nn
 __all__ = [
     "LowRankLinear",
     "dense_linears",
+    "factorised_ranks",
     "get_submodule",
     "is_dense_linear",
     "kept_rank",
@@ -203,6 +204,17 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     order, hence optimiser state order, is kept)."""
     parent_name, _, child = name.rpartition(".")
     setattr(get_submodule(root, parent_name), child, module)
+
+
+def factorised_ranks(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """``{layer: rank}`` of the factorised layers a ``state_dict`` holds (``<layer>.U``,
+    ``.S``, ``.V``), names as in the state."""
+    ranks = {}
+    for key, S in state_dict.items():
+        name = key[: -len(".S")] if key.endswith(".S") else None
+        if name and f"{name}.U" in state_dict and f"{name}.V" in state_dict and S.dim() == 2:
+            ranks[name] = int(S.shape[0])
+    return ranks
 
 
 def restore_low_rank(root: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:

@@ -278,6 +278,8 @@ def test_a_fit_converts_and_prunes_then_resumes_with_the_same_ranks(converted, s
 
 
 def test_loaders_read_a_converted_checkpoint(converted):
+    from lcag.checkpoints import load_checkpoint
+    from lcag.export.info import checkpoint_facts
     from lcag.export.onnx import export_checkpoint
     from lcag.inference import Reconstructor
 
@@ -297,6 +299,10 @@ def test_loaders_read_a_converted_checkpoint(converted):
     }
     probs = reco.probabilities(x.numpy(), mask.numpy())
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-6)
+    # lcag info: the trained parameters (cores, not the fixed bases) and the ranks
+    facts = checkpoint_facts(load_checkpoint(path))["model"]
+    assert facts["low_rank"] == ranks
+    assert facts["parameters"] == sum(p.numel() for p in trained.model.parameters())
     # lcag export: the traced graph (checked against PyTorch on fresh shapes when written)
     out = converted["root"] / "converted.pt"
     export_checkpoint(path, "torchscript", out)
