@@ -125,6 +125,25 @@ def test_a_converted_model_computes_what_the_dense_one_did(make_model):
     torch.testing.assert_close(module(x, mask), before, atol=1e-5, rtol=1e-5)
 
 
+def test_torch_geometric_linear_layers_convert_and_multihead_attention_stays_dense():
+    from torch_geometric.nn import Linear as GeometricLinear
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict(
+        {"pyg": GeometricLinear(16, 24), "mha": nn.MultiheadAttention(16, 2, batch_first=True)}
+    )
+    x = torch.randn(5, 16)
+    before = model["pyg"](x)
+    callback = OIALR(stability=-1.0, verbose=False, module="")
+    callback.check(model, [], 0)
+    callback.check(model, [], 1)
+    assert isinstance(model["pyg"], LowRankLinear)
+    torch.testing.assert_close(model["pyg"](x), before, atol=1e-5, rtol=1e-5)
+    # its forward reads in_proj_weight and out_proj.weight directly: not factorised
+    assert type(model["mha"].out_proj).__name__ == "NonDynamicallyQuantizableLinear"
+    assert list(callback.ranks) == ["pyg"]
+
+
 def test_the_core_gradient_is_the_projected_dense_gradient():
     torch.manual_seed(0)
     dense = nn.Linear(12, 20)
