@@ -2,9 +2,9 @@
 
 Run: ``python benchmarks/bench_oialr.py [--minutes 4] [--budget cpu] [--out runs/bench_oialr]``
 
-1. Data: :func:`bench_accuracy.make_data` (the paper protocol scaled to 50,000 training
-   events); a finished ``runs/bench_paper/data`` (or ``--data``) is copied instead of
-   generated.
+1. Data: :func:`bench_accuracy.make_data` (``--data-config paper`` or ``realistic``, scaled to
+   50,000 training events); a finished ``runs/bench_<config>/data`` (or ``--data``) is copied
+   instead of generated.
 2. The tiny Transformer (``configs/fit/tiny_transformer.yaml``, 8 classes) trains twice with
    :func:`bench_accuracy.train_and_test`, for the same ``--minutes`` of CPU (``--budget cpu``)
    or wall-clock time: at full rank, and with :class:`lcag.training.oialr.OIALR`
@@ -116,9 +116,9 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, dict[str, Any]]:
 def report(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     full, low = runs["full rank"], runs["OIALR"]
     print(
-        f"# tiny_transformer on the paper protocol (bench_accuracy's data), {args.minutes:g} min "
-        f"of {args.budget} time each; OIALR warmup {args.warmup_steps} steps, checks every "
-        f"{args.frequency}, stability 0.99, cutoff 0.1"
+        f"# tiny_transformer on {args.data_config}.yaml (bench_accuracy's data), "
+        f"{args.minutes:g} min of {args.budget} time each; OIALR warmup {args.warmup_steps} "
+        f"steps, checks every {args.frequency}, stability 0.99, cutoff 0.1"
     )
     converted = sorted({h["step"] for h in low["history"] if h["event"] == "converted"})
     pruned = sorted({h["step"] for h in low["history"] if h["event"] == "pruned"})
@@ -150,19 +150,24 @@ def main() -> None:
     parser.add_argument("--budget", choices=["wall", "cpu"], default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_oialr")
     parser.add_argument(
+        "--data-config", default="paper", help="paper (exact) or realistic (resolution, widths)"
+    )
+    parser.add_argument(
         "--data",
         type=Path,
-        default=ROOT / "runs" / "bench_paper" / "data",
-        help="a finished make_data directory to copy (else it is generated)",
+        default=None,
+        help="a finished make_data directory to copy (default runs/bench_<data-config>/data; "
+        "else it is generated)",
     )
     parser.add_argument("--warmup-steps", type=int, default=500)
     parser.add_argument("--frequency", type=int, default=200)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cached = args.data / "manifest.json"
+    source = args.data or ROOT / "runs" / f"bench_{args.data_config}" / "data"
+    cached = source / "manifest.json"
     if cached.is_file() and not (args.out / "data" / "manifest.json").is_file():
-        shutil.copytree(args.data, args.out / "data", dirs_exist_ok=True)
-    data = make_data(args.out)  # skips the shards that are there
+        shutil.copytree(source, args.out / "data", dirs_exist_ok=True)
+    data = make_data(args.out, args.data_config)  # skips the shards that are there
     runs = run(args, data)
     (args.out / "results.json").write_text(json.dumps(runs, indent=1, default=str))
     report(runs, args)

@@ -131,3 +131,25 @@ def test_training_step_adds_the_subset_and_tree_losses(tree_loss_weight):
     assert head_grad is not None
     assert bool(torch.isfinite(head_grad).all())
     assert float(head_grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    ("correct", "chosen"),
+    [
+        # out of 400 events per weight (0, 0.5, 1, 2, 4, 8, 16, 32, 64)
+        ([300, 320, 340, 360, 362, 361, 355, 340, 300], 8.0),  # within 1 s.e. (6 events) of 362
+        ([300, 320, 340, 360, 390, 360, 355, 340, 300], 4.0),  # 4 alone is best by far
+        ([400, 400, 400, 400, 400, 400, 400, 400, 400], 64.0),  # validation can't tell: lean
+        ([400, 399, 398, 397, 396, 395, 394, 393, 392], 0.0),  # on the evidence; s.e. 0 at 100%
+    ],
+)
+def test_node_weight_is_the_largest_within_a_standard_error_of_the_best(correct, chosen):
+    module = LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2))
+    target = torch.zeros(400, 2, 2, dtype=torch.long)
+    for metric, hits in zip(module.weight_metrics["perfect_full"], correct, strict=True):
+        pred = target.clone()
+        pred[hits:] = 1  # the events past `hits` wrong
+        metric.update(pred, target, torch.full((400,), 2))
+    best = module._choose_node_weight("perfect_full")
+    assert float(module.node_weight) == chosen
+    assert float(best.compute()) == pytest.approx(correct[module.node_weights.index(chosen)] / 400)
