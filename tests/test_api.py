@@ -62,3 +62,16 @@ def test_errors_subclass_the_standard_exceptions():
     assert issubclass(lcag.InvalidTreeError, ValueError)
     assert issubclass(lcag.InvalidInputError, ValueError)
     assert issubclass(lcag.errors.MissingDependencyError, ImportError)
+
+
+def test_training_names_are_pinned_and_load_on_first_use():
+    import lcag.training
+
+    assert sorted(lcag.training.__all__) == [
+        "HierarchicalDDP",
+        "LowRankLinear",
+        "OIALR",
+        "tree_nll",
+    ]
+    for name in lcag.training.__all__:
+        assert getattr(lcag.training, name).__name__ == name
