@@ -90,7 +90,8 @@ def test_compositions_separate_equal_masses_of_other_species():
     events = same_mass_two_species(600)
     mass_only = MassPrior.fit(events, n_bins=40, composition=False)
     prior = MassPrior.fit(events, n_bins=40)
-    assert len(prior.species.log_masses) == 2 and len(prior.joint_keys) > 0
+    assert len(prior.species.log_masses) == 2
+    assert len(prior.joint_keys) > 0
     test = same_mass_two_species(200, seed=1)
     x = np.stack([e["x"] for e in test])
     mask = np.ones(x.shape[:2], dtype=bool)
