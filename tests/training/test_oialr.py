@@ -393,13 +393,19 @@ def test_ddp_ranks_take_the_same_decisions_and_keep_the_cores_in_sync(small_data
 
     script = tmp_path / "ddp_oialr.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a fresh launch: no distributed settings inherited from the test process
+    launched = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK",
+                "LOCAL_WORLD_SIZE", "GROUP_RANK"}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in launched and not k.startswith("SLURM")}
+    env["OMP_NUM_THREADS"] = "1"
     run = subprocess.run(
         [sys.executable, str(script), str(small_data), str(tmp_path)],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     import json
+
+    assert "RANK " in run.stdout, run.stdout[-2000:] + run.stderr[-3000:]
 
     reports = [json.loads(line[5:]) for line in run.stdout.splitlines() if line[:5] == "RANK "]
     reports.sort(key=lambda report: report["rank"])
