@@ -40,7 +40,9 @@ def measure(config_name: str, data: Path, steps: int) -> dict:
         LCAGModel.from_config(model_config), pair_features=config["model"].get("pair_features")
     )
     batch_size = config["data"]["batch_size"]
-    dm = LCAGDataModule(str(data), batch_size=batch_size, eval_batch_size=1024)
+    dm = LCAGDataModule(
+        str(data), batch_size=batch_size, eval_batch_size=1024, validate_unknown=False
+    )
     dm.setup("fit")
     mean, std = dm.normalisation
     module.feature_mean.copy_(torch.tensor(mean))

@@ -77,14 +77,21 @@ def calibrate_checkpoint(
     path: str | Path, data_dir: str | Path, max_events: int = 1000
 ) -> np.ndarray:
     """Fit the tree temperatures (one per leaf count) of checkpoint ``path`` on the
-    validation split of ``data_dir`` and write them into the checkpoint
-    (``tree_temperature``; the file is replaced atomically). Returns them."""
+    validation split of ``data_dir`` (up to ``max_events``), and as many events again of its
+    ``val_unknown`` split where it has one (topologies never trained on: the probabilities
+    are then calibrated for a mix of known and unseen decays, not for known ones alone), and
+    write them into the checkpoint (``tree_temperature``; the file is replaced atomically).
+    Returns them."""
     from lcag.checkpoints import load_checkpoint
-    from lcag.data import LCAGDataset
+    from lcag.data import LCAGDataset, read_manifest
     from lcag.inference import Reconstructor
 
-    val = LCAGDataset(data_dir, "val", max_events=max_events)
-    temperature = Reconstructor.from_checkpoint(path).calibrate(val.__getitems__(range(len(val))))
+    splits = [s for s in ("val", "val_unknown") if s in read_manifest(data_dir)["splits"]]
+    events = []
+    for split in splits:
+        dataset = LCAGDataset(data_dir, split, max_events=max_events)
+        events += dataset.__getitems__(range(len(dataset)))
+    temperature = Reconstructor.from_checkpoint(path).calibrate(events)
     checkpoint = load_checkpoint(path)
     checkpoint["state_dict"]["tree_temperature"] = torch.from_numpy(temperature.copy())
     partial = Path(f"{path}.calibrating")

@@ -298,6 +298,10 @@ def collate(events: Sequence[Event]) -> dict[str, torch.Tensor]:
 class LCAGDataModule(pl.LightningDataModule):
     """Train/val/test/test_unknown/predict loaders over an lcag dataset directory.
 
+    Validation runs over ``val`` (dataloader 0) and, where the dataset has one, ``val_unknown``
+    (dataloader 1: topologies kept from training and from the test, on which the node-evidence
+    weights are chosen beside the known ones; :class:`lcag.LCAGModule`).
+
     Args:
         data_dir: the dataset (made by ``lcag-generate``).
         batch_size: events per training batch (all with the same leaf count).
@@ -307,6 +311,8 @@ class LCAGDataModule(pl.LightningDataModule):
         max_eval_events: the same for each evaluation split.
         seed: shuffling seed of the training batches.
         val_split: the split validated on (``train`` checks how well a subset is learnt).
+        validate_unknown: also validate on ``val_unknown`` when the dataset has it (and
+            ``val_split`` is ``val``).
         verify_checksums: check every shard against the manifest's SHA-256 when the module is
             made, so a damaged file stops the run at once rather than feeding it garbage.
     """
@@ -321,6 +327,7 @@ class LCAGDataModule(pl.LightningDataModule):
         max_eval_events: int | None = None,
         seed: int = 0,
         val_split: str = "val",
+        validate_unknown: bool = True,
         verify_checksums: bool = True,
     ) -> None:
         super().__init__()
@@ -344,7 +351,7 @@ class LCAGDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
-        for split in ("train", "val", "test", "test_unknown"):
+        for split in ("train", "val", "test", "test_unknown", "val_unknown"):
             if split not in self.datasets and split in self.manifest["splits"]:
                 limit = h.max_train_events if split == "train" else h.max_eval_events
                 self.datasets[split] = LCAGDataset(self.data_dir, split, max_events=limit)
@@ -368,8 +375,18 @@ class LCAGDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Known topologies (dataloader 0), then unseen ones (dataloader 1) if validated on."""
+        if not self.validates_unknown:
+            return self._loader("validation", shuffle=False)
+        return [self._loader("validation", shuffle=False), self._loader("val_unknown", False)]
+
+    @property
+    def validates_unknown(self) -> bool:
+        """Whether validation includes the ``val_unknown`` split (call after ``setup``)."""
+        h = self.hparams
+        wanted = h.validate_unknown and h.val_split == "val"
+        return wanted and len(self.datasets.get("val_unknown", [])) > 0
 
     def test_dataloader(self) -> list[DataLoader]:
         """Known topologies first (dataloader 0), then unseen ones (dataloader 1) if any."""

@@ -37,7 +37,9 @@ from lcag.training.tree_loss import tree_nll
 __all__ = ["LCAGModule"]
 
 TEST_SUBSETS = ("test", "test_unseen")  # test dataloader 0: known topologies, 1: unseen
+VAL_SUBSETS = ("val", "val_unseen")  # validation dataloader 0: known, 1 (if any): unseen
 DEFAULT_NODE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+HEAD_SHARES = (0.0, 0.5, 1.0)  # of the subset head's correction to the mass prior
 
 
 class LCAGModule(pl.LightningModule):
@@ -62,9 +64,13 @@ class LCAGModule(pl.LightningModule):
             leaf embeddings and subset kinematics, residual on the mass prior, trained beside
             the pair loss), ``mass_prior`` (:class:`lcag.evidence.MassPrior` alone, learnt
             from the training split at the start of fitting), ``none`` (pair scores alone).
-        node_weights: the weights of the node scores tried on the validation split; the best
-            is kept in the ``evidence.weight`` buffer (of the weights within one standard
-            error of the best rate, the largest: :meth:`_choose_node_weight`).
+        node_weights: the weights of the node scores tried on validation, each with every
+            share of the subset head's correction (``HEAD_SHARES``); the pair kept goes to
+            the ``evidence.weight`` and ``evidence.head_share`` buffers
+            (:meth:`_choose_node_weights`: the best ``val/score``, the perfect-tree rate on
+            validation, with a ``val_unknown`` split in the data the mean of the known and
+            unseen topologies' rates; of the pairs within one standard error of it, the
+            largest). Checkpoints and early stopping watch ``val/score``.
         mass_prior_bins: log-mass bins of the prior, or ``auto``: chosen on held-out
             training events (:meth:`lcag.evidence.MassPrior.fit`).
         mass_prior_events: training events the prior is counted from (spread over the split).
@@ -142,7 +148,7 @@ class LCAGModule(pl.LightningModule):
                         "perfect_prior": PerfectTreeRate(max_leaves),
                     }
                 )
-                for subset in ("train", "val", "test", "test_unseen")
+                for subset in ("train", *VAL_SUBSETS, *TEST_SUBSETS)
             }
         )
         self.evidence = NodeEvidence(
@@ -157,10 +163,10 @@ class LCAGModule(pl.LightningModule):
             "tree_temperature", torch.ones(EXACT_MAX_LEAVES + 1, dtype=torch.float64)
         )
         self.node_weights = [float(w) for w in (node_weights or DEFAULT_NODE_WEIGHTS)]
-        self.weight_metrics = nn.ModuleDict(  # validation rate at each candidate weight
+        self.weight_metrics = nn.ModuleDict(  # validation rates at each (weight, share)
             {
-                name: nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.node_weights)
-                for name in ("perfect_full", "perfect_prior")
+                subset: nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.weight_grid)
+                for subset in VAL_SUBSETS
             }
         )
         self.results: dict[str, dict[str, Any]] = {}
@@ -263,7 +269,7 @@ class LCAGModule(pl.LightningModule):
             f"{subset}/loss",
             loss,
             batch_size=len(target),
-            prog_bar=subset != "test_unseen",
+            prog_bar=subset in ("train", "val", "test"),
             on_step=subset == "train",
             on_epoch=True,
             add_dataloader_idx=False,
@@ -321,34 +327,43 @@ class LCAGModule(pl.LightningModule):
         batch: dict[str, torch.Tensor],
         subset: str,
     ) -> None:
-        """Score valid-tree decoding from pair scores alone and with node evidence (at each
-        candidate weight on validation, at the chosen weight on test)."""
+        """Score valid-tree decoding from pair scores alone and with node evidence: on
+        validation at every candidate (weight, head share), on test at the chosen ones."""
         mask, target, n_leaves = batch["mask"], batch["target"], batch["n_leaves"]
         metrics = self.metrics[f"{subset}_set"]
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
         mask_np = mask.cpu().numpy()
         pair_only = torch.from_numpy(decode(probs, mask_np)).to(logits.device)
         metrics["perfect_decoded"].update(pair_only, target, n_leaves)
-        full = [("perfect_full", self.evidence.scores(batch["x"], mask, leaves))]
-        if self.evidence.head is not None:  # the mass prior alone, for comparison
-            full.append(("perfect_prior", self.evidence.prior_scores(batch["x"], mask)))
-        for name, nodes in full:
-            chosen = metrics[name]
-            if subset == "val":
-                grid = zip(self.node_weights, self.weight_metrics[name], strict=True)
-            else:
-                grid = [(float(self._weights[name]), chosen)]
-            for weight, metric in grid:
-                best = pair_only
-                if nodes is not None and weight:
-                    decoded = decode(probs, mask_np, node_scores=weight * nodes)
-                    best = torch.from_numpy(decoded).to(logits.device)
-                metric.update(best, target, n_leaves)
+        full = self.evidence.scores(batch["x"], mask, leaves, head_share=1.0)
+        prior = self.evidence.prior_scores(batch["x"], mask) if self.evidence.head else None
+
+        def decoded(weight: float, share: float) -> torch.Tensor:
+            if full is None or weight == 0:
+                return pair_only
+            nodes = full if prior is None or share == 1.0 else prior + share * (full - prior)
+            return torch.from_numpy(decode(probs, mask_np, node_scores=weight * nodes)).to(
+                logits.device
+            )
+
+        if subset in VAL_SUBSETS:
+            for (weight, share), metric in zip(
+                self.weight_grid, self.weight_metrics[subset], strict=True
+            ):
+                metric.update(decoded(weight, share), target, n_leaves)
+            return
+        chosen = float(self.evidence.weight), float(self.evidence.head_share)
+        metrics["perfect_full"].update(decoded(*chosen), target, n_leaves)
+        if prior is not None:  # the mass prior alone, for comparison
+            best = decoded(float(self.evidence.prior_weight), 0.0)
+            metrics["perfect_prior"].update(best, target, n_leaves)
 
     @property
-    def _weights(self) -> dict[str, torch.Tensor]:
-        """The node-weight buffer of each full-method metric."""
-        return {"perfect_full": self.evidence.weight, "perfect_prior": self.evidence.prior_weight}
+    def weight_grid(self) -> list[tuple[float, float]]:
+        """The (node weight, head share) pairs tried on validation: every weight with every
+        share of the subset head's correction (share 1 alone without a head)."""
+        shares = HEAD_SHARES if self.evidence.head is not None else (1.0,)
+        return [(w, a) for w in self.node_weights for a in shares]
 
     def node_scores(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
         """Unweighted node scores ``(B, 2^L)`` of a batch ``x (B, L, 4)``, or ``None`` (no
@@ -387,8 +402,10 @@ class LCAGModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._common_step(batch, "train")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._common_step(batch, "val")
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._common_step(batch, VAL_SUBSETS[dataloader_idx])
 
     def test_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -407,8 +424,10 @@ class LCAGModule(pl.LightningModule):
         }
 
     # -------------------------------------------------------------------- epoch ends
-    def _finish(self, subset: str) -> None:
-        """Log the subset's epoch metrics (overall and per leaf count) and keep them."""
+    def _finish(self, subset: str, chosen: dict[str, int] | None = None) -> None:
+        """Log the subset's epoch metrics (overall and per leaf count) and keep them;
+        ``chosen``: on validation, the grid entry (:attr:`weight_grid`) of each full-method
+        metric, from :meth:`_choose_node_weights`."""
         metrics = dict(self.metrics[f"{subset}_set"])
         names = ["perfect_argmax", "pair_accuracy"]
         if subset != "train":
@@ -417,12 +436,9 @@ class LCAGModule(pl.LightningModule):
                 names += ["perfect_decoded", "perfect_full"]
                 if self.evidence.head is not None:
                     names.insert(-1, "perfect_prior")
-        values: dict[str, torch.Tensor] = {}
-        if subset == "val" and self.hparams.decode_at_eval:
-            for name in names[names.index("perfect_decoded") + 1 :]:
-                metrics[name] = self._choose_node_weight(name)
-            values["val/node_weight"] = self.node_weight.float()
-        values.update({f"{subset}/{name}": metrics[name].compute() for name in names})
+        for name, k in (chosen or {}).items():
+            metrics[name] = self.weight_metrics[subset][k]
+        values = {f"{subset}/{name}": metrics[name].compute() for name in names}
         headline = "perfect_full" if "perfect_full" in names else "perfect_argmax"
         by_size = {}
         for name in (n for n in names if n.startswith("perfect")):
@@ -430,46 +446,77 @@ class LCAGModule(pl.LightningModule):
                 by_size[name] = metrics[name].by_size()
         for n, (rate, _) in by_size[headline].items():
             values[f"{subset}/perfect_L{n}"] = torch.tensor(rate)
+        if subset == "val":
+            values.update(self._selection)
         self.log_dict(values, add_dataloader_idx=False)
         self.results[subset] = {
             **{key.split("/", 1)[1]: float(value) for key, value in values.items()},
             "by_size": by_size,
             "events": int(metrics["perfect_argmax"].total.sum()),
         }
-        grids = [metric for grid in self.weight_metrics.values() for metric in grid]
-        for metric in [*self.metrics[f"{subset}_set"].values(), *grids]:
+        for metric in self.metrics[f"{subset}_set"].values():
             metric.reset()
 
-    def _choose_node_weight(self, name: str = "perfect_full") -> PerfectTreeRate:
-        """Keep in its buffer the largest node weight whose validation rate of ``name`` is within
-        one binomial standard error of the best; that weight's metric gives this epoch's
-        ``val/<name>``.
+    def _choose_node_weights(self, subsets: list[str]) -> dict[str, int]:
+        """Choose the node weight and head share on the validation ``subsets`` (``val``, and
+        ``val_unseen`` where the data has topologies kept from training for it), keep them in
+        the evidence buffers, and return the grid entry of ``perfect_full`` (and
+        ``perfect_prior``, the best weight at share 0).
 
-        Validation holds the training topologies only, and there the pair scores, which learn
-        those topologies, often do as well as the node evidence; the node evidence is what
-        carries over to unseen topologies. So among weights that validation cannot tell apart,
-        the one leaning most on the node evidence is kept (without it, ties went to the
-        smallest weight, and exact masses with leaf compositions chose weights that lost 40
-        points on unseen topologies).
+        The figure maximised is the perfect-tree rate, with an unseen validation split the
+        mean of the known and unseen rates (``val/score``). Of the entries within one binomial
+        standard error of the best, the one with the largest weight, then share, is kept:
+        validation cannot tell them apart, and the node evidence is what carries over to
+        topologies it has not seen (with known topologies alone to validate on, ties going
+        to the smallest weight lost 40 points on unseen topologies with exact masses).
         """
-        metrics = self.weight_metrics[name]
-        rates = [float(metric.compute()) for metric in metrics]
-        with metrics[0].sync_context():  # the events of every rank, so all ranks agree
-            events = max(int(metrics[0].total.sum()), 1)
-        top = max(rates)
-        error = math.sqrt(max(top * (1.0 - top), 0.0) / events)
-        best = max(
-            (k for k in range(len(rates)) if rates[k] >= top - error),
-            key=lambda k: self.node_weights[k],
-        )
-        self._weights[name].fill_(self.node_weights[best])
-        return metrics[best]
+        grid = self.weight_grid
+        rates, variances = np.zeros(len(grid)), np.zeros(len(grid))
+        for subset in subsets:
+            metrics = self.weight_metrics[subset]
+            events = max(_events(metrics[0]), 1)
+            r = np.array([float(metric.compute()) for metric in metrics])
+            rates += r / len(subsets)
+            variances += r * (1.0 - r) / events / len(subsets) ** 2
+
+        def best_of(entries: list[int]) -> int:
+            top = max(entries, key=lambda k: rates[k])
+            error = math.sqrt(max(variances[top], 0.0))
+            return max((k for k in entries if rates[k] >= rates[top] - error), key=grid.__getitem__)
+
+        best = best_of(list(range(len(grid))))
+        self.evidence.weight.fill_(grid[best][0])
+        self.evidence.head_share.fill_(grid[best][1])
+        self._selection = {
+            "val/score": torch.tensor(rates[best]),
+            "val/node_weight": self.evidence.weight.float(),
+            "val/head_share": self.evidence.head_share.float(),
+        }
+        chosen = {"perfect_full": best}
+        if self.evidence.head is not None:
+            prior = best_of([k for k, (_, share) in enumerate(grid) if share == 0.0])
+            self.evidence.prior_weight.fill_(grid[prior][0])
+            chosen["perfect_prior"] = prior
+        return chosen
 
     def on_train_epoch_end(self) -> None:
         self._finish("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._finish("val")
+        unseen = _events(self.metrics["val_unseen_set"]["perfect_argmax"]) > 0
+        subsets = ["val", "val_unseen"] if unseen else ["val"]
+        chosen = None
+        if self.hparams.decode_at_eval:
+            chosen = self._choose_node_weights(subsets)
+        else:
+            self._selection = {}
+        for subset in subsets:
+            self._finish(subset, chosen)
+        if not self.hparams.decode_at_eval:  # the figure checkpoints watch, all the same
+            self.log("val/score", self.results["val"]["perfect_argmax"])
+        for grid in self.weight_metrics.values():
+            for metric in grid:
+                metric.reset()
 
     def on_test_epoch_end(self) -> None:
         self._finish("test")
@@ -523,6 +570,12 @@ class _WarmupCosine:
             return (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _events(metric: PerfectTreeRate) -> int:
+    """The events a rate metric has counted, over every rank (so that all ranks agree)."""
+    with metric.sync_context():
+        return int(metric.total.sum())
 
 
 def _as_lcag(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

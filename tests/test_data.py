@@ -115,7 +115,13 @@ def test_datamodule_loaders_and_statistics(tiny_data):
     loaders = dm.test_dataloader()
     assert len(loaders) == 2
     assert not next(iter(loaders[1]))["known"].any()
-    assert sum(len(b["x"]) for b in dm.val_dataloader()) == 600
+    known, unseen = dm.val_dataloader()  # tiny.yaml keeps 4 topologies for val_unknown
+    assert sum(len(b["x"]) for b in known) == 600
+    assert sum(len(b["x"]) for b in unseen) == 4 * 50
+    assert not any(b["known"].any() for b in unseen)
+    only_known = LCAGDataModule(str(tiny_data), batch_size=32, validate_unknown=False)
+    only_known.setup("fit")
+    assert sum(len(b["x"]) for b in only_known.val_dataloader()) == 600
 
 
 def test_missing_manifest_is_named(tmp_path):

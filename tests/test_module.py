@@ -133,10 +133,19 @@ def test_training_step_adds_the_subset_and_tree_losses(tree_loss_weight):
     assert float(head_grad.abs().sum()) > 0
 
 
+def _fill_grid(module: LCAGModule, subset: str, correct: dict[tuple[float, float], int]) -> None:
+    """Count ``correct[(weight, share)]`` perfect events of 400 (others: 0) in ``subset``."""
+    target = torch.zeros(400, 2, 2, dtype=torch.long)
+    for entry, metric in zip(module.weight_grid, module.weight_metrics[subset], strict=True):
+        pred = target.clone()
+        pred[correct.get(entry, 0) :] = 1  # the events past the count wrong
+        metric.update(pred, target, torch.full((400,), 2))
+
+
 @pytest.mark.parametrize(
     ("correct", "chosen"),
     [
-        # out of 400 events per weight (0, 0.5, 1, 2, 4, 8, 16, 32, 64)
+        # out of 400 events per weight (0, 0.5, 1, 2, 4, 8, 16, 32, 64), at head share 1
         ([300, 320, 340, 360, 362, 361, 355, 340, 300], 8.0),  # within 1 s.e. (6 events) of 362
         ([300, 320, 340, 360, 390, 360, 355, 340, 300], 4.0),  # 4 alone is best by far
         ([400, 400, 400, 400, 400, 400, 400, 400, 400], 64.0),  # validation can't tell: lean
@@ -145,11 +154,27 @@ def test_training_step_adds_the_subset_and_tree_losses(tree_loss_weight):
 )
 def test_node_weight_is_the_largest_within_a_standard_error_of_the_best(correct, chosen):
     module = LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2))
-    target = torch.zeros(400, 2, 2, dtype=torch.long)
-    for metric, hits in zip(module.weight_metrics["perfect_full"], correct, strict=True):
-        pred = target.clone()
-        pred[hits:] = 1  # the events past `hits` wrong
-        metric.update(pred, target, torch.full((400,), 2))
-    best = module._choose_node_weight("perfect_full")
+    counts = dict(zip([(w, 1.0) for w in module.node_weights], correct, strict=True))
+    _fill_grid(module, "val", counts)
+    picked = module._choose_node_weights(["val"])
     assert float(module.node_weight) == chosen
-    assert float(best.compute()) == pytest.approx(correct[module.node_weights.index(chosen)] / 400)
+    assert float(module.evidence.head_share) == 1.0  # the other shares got nothing right
+    best = module.weight_metrics["val"][picked["perfect_full"]]
+    assert float(best.compute()) == pytest.approx(counts[chosen, 1.0] / 400)
+
+
+def test_unseen_validation_moves_the_choice_to_what_carries_over():
+    """Known topologies favour the head's whole correction; unseen ones the prior alone: the
+    mean of both decides, and the prior's own weight is the best at share 0."""
+    module = LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2))
+    known = {(8.0, 1.0): 390, (8.0, 0.5): 385, (8.0, 0.0): 370, (2.0, 0.0): 360}
+    unseen = {(8.0, 1.0): 200, (8.0, 0.5): 260, (8.0, 0.0): 330, (2.0, 0.0): 200}
+    _fill_grid(module, "val", known)
+    picked = module._choose_node_weights(["val"])
+    assert (float(module.node_weight), float(module.evidence.head_share)) == (8.0, 1.0)
+    _fill_grid(module, "val_unseen", unseen)
+    picked = module._choose_node_weights(["val", "val_unseen"])
+    assert (float(module.node_weight), float(module.evidence.head_share)) == (8.0, 0.0)
+    assert float(module.evidence.prior_weight) == 8.0
+    assert module.weight_grid[picked["perfect_prior"]] == (8.0, 0.0)
+    assert float(module._selection["val/score"]) == pytest.approx((370 + 330) / 800)

@@ -116,6 +116,28 @@ def test_head_loss_trains_towards_the_true_nodes():
     assert scores[0b0111] < 0
 
 
+def test_head_share_blends_the_heads_correction_into_the_prior():
+    rng = np.random.default_rng(1)
+    events = []
+    for _ in range(30):
+        p = rng.normal(size=(4, 3))
+        x = np.concatenate([p, np.sqrt((p**2).sum(1, keepdims=True) + 1.0)], axis=1)
+        events.append({"x": x, "target": tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3))))})
+    evidence = NodeEvidence("subset_head", leaf_dim=8, n_bins=20)
+    evidence.set_prior(MassPrior.fit(events, n_bins=20))
+    torch.nn.init.normal_(evidence.head.mlp[-1].weight)  # a head that corrects the prior
+    x = torch.tensor(np.stack([e["x"] for e in events[:5]]), dtype=torch.float32)
+    mask, leaves = torch.ones(5, 4, dtype=torch.bool), torch.randn(5, 4, 8)
+    prior = evidence.prior_scores(x, mask)
+    full = evidence.scores(x, mask, leaves, head_share=1.0)
+    assert not np.allclose(full, prior, atol=1e-3)
+    assert np.array_equal(evidence.scores(x, mask, leaves, head_share=0.0), prior)
+    half = evidence.scores(x, mask, leaves, head_share=0.5)
+    assert np.allclose(half, 0.5 * (prior + full))
+    evidence.head_share.fill_(0.5)  # the chosen share is the default
+    assert np.array_equal(evidence.scores(x, mask, leaves), half)
+
+
 def test_bad_kind_and_missing_width_are_config_errors():
     with pytest.raises(ConfigError, match="node_evidence"):
         NodeEvidence("masses")  # type: ignore[arg-type]
@@ -132,6 +154,7 @@ def test_old_state_dicts_are_upgraded():
         "evidence.mass_prior_log_odds": 2,
         "evidence.weight": 3,
         "evidence.prior_weight": 3,  # the prior was the whole evidence
+        "evidence.head_share": torch.tensor(1.0, dtype=torch.float64),  # all of the head
         "model.w": 4,
     }
     # no compositions counted: an empty table, so the prior is the mass alone

@@ -131,7 +131,7 @@ def test_normalisation_travels_in_the_checkpoint(tiny_data, tmp_path):
     fit.save_checkpoint(path)
     restored = LCAGModule.from_checkpoint(path)
     torch.testing.assert_close(restored.feature_std, module.feature_std)
-    batch = next(iter(dm.val_dataloader()))
+    batch = next(iter(dm.val_dataloader()[0]))  # known topologies (1: val_unknown)
     module.eval()
     torch.testing.assert_close(
         restored(batch["x"], batch["mask"]), module(batch["x"], batch["mask"])

@@ -21,10 +21,13 @@ __all__ = [
     "Output",
     "RandomTopologies",
     "Topologies",
+    "dataset_splits",
     "load_config",
 ]
 
-SPLITS = ("train", "val", "test", "test_unknown")
+# A split's place here is its seed stream (shards draw from spawn key (SHARD_KEY, index, i)),
+# so new splits are only ever appended. ``val_unknown`` exists only where configured.
+SPLITS = ("train", "val", "test", "test_unknown", "val_unknown")
 DEFAULT_STABLE = [
     "e-", "e+", "mu-", "mu+", "pi+", "pi-", "K+", "K-", "p+", "anti-p-", "gamma", "K_L0",
     "n0", "anti-n0",
@@ -73,10 +76,14 @@ class DecFileChains:
 
 @dataclass
 class Topologies:
-    """How many topologies: ``known`` ones feed train/val/test, ``unknown`` only test_unknown."""
+    """How many topologies: ``known`` ones feed train/val/test, ``unknown`` only test_unknown,
+    ``val_unknown`` only the val_unknown split (a third set, disjoint from both: validation
+    on topologies never trained on, which node-evidence weights and tree temperatures are
+    chosen on; 0 leaves the split out)."""
 
     known: int = 200
     unknown: int = 50
+    val_unknown: int = 0
 
 
 @dataclass
@@ -87,6 +94,7 @@ class Events:
     val: int = 100
     test: int = 100
     test_unknown: int = 100
+    val_unknown: int = 100
 
 
 @dataclass
@@ -123,7 +131,18 @@ class GenerationConfig:
         _check(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain data (what manifests and ``generation.json`` record). Without
+        val_unknown topologies the split's two keys are left out, so a config written before
+        the split existed records, and generates, the bytes it did then."""
+        data = dataclasses.asdict(self)
+        if self.topologies.val_unknown == 0:
+            del data["topologies"]["val_unknown"], data["events"]["val_unknown"]
+        return data
+
+
+def dataset_splits(cfg: GenerationConfig) -> tuple[str, ...]:
+    """The splits ``cfg`` writes: :data:`SPLITS`, ``val_unknown`` only with its topologies."""
+    return tuple(s for s in SPLITS if s != "val_unknown" or cfg.topologies.val_unknown > 0)
 
 
 def load_config(source: str | Path | dict[str, Any]) -> GenerationConfig:
@@ -226,6 +245,7 @@ def _check(cfg: GenerationConfig) -> None:
             raise ConfigError("decfile.stable: the list of stable particles is empty")
     _at_least("topologies.known", cfg.topologies.known, 1)
     _at_least("topologies.unknown", cfg.topologies.unknown, 0)
+    _at_least("topologies.val_unknown", cfg.topologies.val_unknown, 0)
     for split in SPLITS:
         _at_least(f"events.{split}", getattr(cfg.events, split), 0)
     k = cfg.kinematics

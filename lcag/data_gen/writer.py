@@ -86,9 +86,13 @@ class ShardPlan:
 
 
 def build_topologies(cfg: GenerationConfig) -> list[Topology]:
-    """The dataset's topologies: ``known`` first, then ``unknown`` (never in training)."""
+    """The dataset's topologies: ``known`` first, then ``unknown`` (test_unknown only), then
+    ``val_unknown`` (the val_unknown split only); none is ever in training. Topologies are
+    drawn one after the other from one stream, so adding a set leaves the earlier ones as
+    they were."""
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(TOPOLOGY_KEY,)))
-    count = cfg.topologies.known + cfg.topologies.unknown
+    t = cfg.topologies
+    count = t.known + t.unknown + t.val_unknown
     if cfg.random is not None:
         from lcag.data_gen.topology import sample_random_topologies
 
@@ -101,9 +105,14 @@ def build_topologies(cfg: GenerationConfig) -> list[Topology]:
 def plan_shards(cfg: GenerationConfig) -> list[ShardPlan]:
     """Cut each split's events into shards of at most ``output.events_per_shard`` events."""
     n_known, n_unknown = cfg.topologies.known, cfg.topologies.unknown
+    first_val_unknown = n_known + n_unknown
+    topologies = {
+        "test_unknown": range(n_known, first_val_unknown),
+        "val_unknown": range(first_val_unknown, first_val_unknown + cfg.topologies.val_unknown),
+    }
     plans = []
     for split in SPLITS:
-        ids = range(n_known, n_known + n_unknown) if split == "test_unknown" else range(n_known)
+        ids = topologies.get(split, range(n_known))
         per_topology = getattr(cfg.events, split)
         pieces: list[tuple[int, int]] = []
         room = cfg.output.events_per_shard
@@ -429,7 +438,8 @@ def claim_directory(
         _remove_dataset(out)
         write_unique(state_file, text)
     for split in SPLITS:
-        (out / split).mkdir(exist_ok=True)
+        if split != "val_unknown" or config.get("topologies", {}).get("val_unknown", 0):
+            (out / split).mkdir(exist_ok=True)
     if shards is None:
         for split in SPLITS:
             for leftover in (out / split).glob(f"*{TMP_SUFFIX}*"):
@@ -744,7 +754,10 @@ def manifest_text(
     """
     import h5py
 
-    splits: dict[str, Any] = {s: {"events": 0, "shards": []} for s in SPLITS}
+    written = {plan.split for plan in shards}
+    splits: dict[str, Any] = {
+        s: {"events": 0, "shards": []} for s in SPLITS if s != "val_unknown" or s in written
+    }
     total = np.zeros(len(FEATURES))
     squares = np.zeros(len(FEATURES))
     leaves = 0
@@ -769,6 +782,7 @@ def manifest_text(
     mean = total / max(leaves, 1)
     std = np.sqrt(np.maximum(squares / max(leaves, 1) - mean**2, 0.0))
     leaf_counts = [int(n) for s in splits.values() for sh in s["shards"] for n in sh["leaf_counts"]]
+    val_unknown = {t for plan in shards if plan.split == "val_unknown" for t, _ in plan.pieces}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "config": config,
@@ -781,7 +795,8 @@ def manifest_text(
         "max_leaves": max(leaf_counts, default=0),
         "topologies": {
             "known": int(table.known.sum()),
-            "unknown": int((~table.known).sum()),
+            "unknown": int((~table.known).sum()) - len(val_unknown),
+            **({"val_unknown": len(val_unknown)} if val_unknown else {}),
             "max_depth": max(t.depth for t in table),
             "stored_in": "/topologies of every shard",
         },

@@ -8,7 +8,9 @@ One ``nn.Module`` holds everything that turns an event into node scores ``(N, 2^
 - ``subset_head``: a :class:`lcag.models.SubsetHead` over pooled leaf embeddings and subset
   kinematics, residual on the mass prior (an untrained head gives the prior's scores);
 - ``none``: no node scores;
-- ``weight``: the factor the scores enter decoding with, chosen on the validation split.
+- ``weight``: the factor the scores enter decoding with, and ``head_share``: how much of the
+  subset head's correction to the prior is kept (1 all of it, 0 the prior alone), both chosen
+  on the validation split(s).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class NodeEvidence(nn.Module):
         for name, value in _composition_buffers(empty).items():
             self.register_buffer(name, value)
         self.register_buffer("weight", torch.tensor(0.0, dtype=torch.float64))
+        # scores = prior + head_share * (head - prior): the head's correction kept
+        self.register_buffer("head_share", torch.tensor(1.0, dtype=torch.float64))
         # the mass prior's own weight when it is decoded alone (for comparison)
         self.register_buffer("prior_weight", torch.tensor(0.0, dtype=torch.float64))
         self.head = (
@@ -161,15 +165,26 @@ class NodeEvidence(nn.Module):
         return self.mass_prior.node_scores(x_np, mask.cpu().numpy())
 
     def scores(
-        self, x: torch.Tensor, mask: torch.Tensor, leaves: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        leaves: torch.Tensor | None = None,
+        head_share: float | None = None,
     ) -> np.ndarray | None:
-        """Unweighted node scores ``(N, 2^L)`` float64 for decoding (see :meth:`node_logits`),
-        or ``None`` (kind ``none``, or more than ``MAX_PRIOR_LEAVES`` leaves)."""
+        """Unweighted node scores ``(N, 2^L)`` float64 for decoding, or ``None`` (kind
+        ``none``, or more than ``MAX_PRIOR_LEAVES`` leaves): with a subset head, the prior
+        plus ``head_share`` (default: the buffer chosen on validation) of the head's
+        correction to it, ``prior + a * (head - prior)`` (see :meth:`node_logits`)."""
         if not self.applies(x.shape[1]):
             return None
         with torch.no_grad():
             logits, _ = self.node_logits(x, mask, leaves)
-        return logits.double().cpu().numpy()
+        full = logits.double().cpu().numpy()
+        share = float(self.head_share) if head_share is None else float(head_share)
+        if self.head is None or share == 1.0:
+            return full
+        prior = self.prior_scores(x, mask)
+        return prior + share * (full - prior)
 
     def loss(
         self,
@@ -240,7 +255,8 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     """Move a checkpoint's node-evidence buffers from the module's top level (checkpoints
     written before :class:`NodeEvidence` existed) to ``evidence.*``, give it the prior's own
     weight when it has none (the prior was then the whole evidence), no compositions when it
-    has none, and a tree temperature of 1 (uncalibrated); others pass unchanged."""
+    has none, the subset head's whole correction when no share was chosen, and a tree
+    temperature of 1 (uncalibrated); others pass unchanged."""
     out = {}
     for key, value in state.items():
         if key in _RENAMED:
@@ -251,6 +267,8 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[key] = value
     if "evidence.weight" in out and "evidence.prior_weight" not in out:
         out["evidence.prior_weight"] = out["evidence.weight"]
+    if "evidence.weight" in out:  # written before the head's share was chosen: all of it
+        out.setdefault("evidence.head_share", torch.tensor(1.0, dtype=torch.float64))
     if "evidence.mass_prior_edges" in out:  # written before the prior counted compositions
         empty = _composition_buffers(MassPrior.empty())
         for name, value in empty.items():

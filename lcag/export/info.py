@@ -142,7 +142,7 @@ def training_facts(module: Any) -> dict[str, Any]:
     metrics = {
         name: float(value)
         for name, value in sorted(getattr(trainer, "callback_metrics", {}).items())
-        if name.startswith("val/") and getattr(value, "numel", lambda: 1)() == 1
+        if name.startswith(("val/", "val_unseen/")) and getattr(value, "numel", lambda: 1)() == 1
     }
     results = getattr(module, "results", {}).get("val", {})
     facts["validation"] = {
@@ -209,6 +209,7 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
         data = {"data_dir": datamodule.get("data_dir"), "recorded": False}
     evidence = hparams.get("node_evidence", "none")
     weight = state.get("evidence.weight")
+    share = state.get("evidence.head_share")
     validation = stored.get("validation") or {}
     return _plain(
         {
@@ -236,6 +237,7 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
             "node_evidence": {
                 "kind": evidence,
                 "weight": None if weight is None else float(weight),
+                **({} if share is None else {"head_share": float(share)}),
                 "mass_prior": _prior_facts(state),
                 "note": NODE_EVIDENCE_NOTE,
             },
@@ -382,6 +384,8 @@ def format_facts(facts: Mapping[str, Any]) -> str:
     evidence = facts.get("node_evidence") or {}
     weight = evidence.get("weight")
     at = "" if weight is None else f" at weight {_number(weight)}"
+    if evidence.get("head_share") is not None and evidence.get("kind") == "subset_head":
+        at += f", head share {_number(evidence['head_share'])}"
     lines.append(("node evidence", f"{evidence.get('kind')}{at}: {NODE_EVIDENCE_NOTE}"))
     prior = evidence.get("mass_prior")
     if prior:

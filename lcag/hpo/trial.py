@@ -270,7 +270,7 @@ class _BestValidation(pl.Callback):
         if "val/loss" in metrics:
             loss = float(metrics["val/loss"])
             self.loss = loss if self.loss is None else min(self.loss, loss)
-        for key in ("val/perfect_full", "val/perfect_decoded", "val/perfect_argmax"):
+        for key in ("val/score", "val/perfect_full", "val/perfect_decoded", "val/perfect_argmax"):
             if key in metrics:
                 rate = float(metrics[key])
                 self.perfect = rate if self.perfect is None else max(self.perfect, rate)

@@ -253,3 +253,42 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
 def test_impossible_masses_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="below threshold"):
         load_config(tiny_dict(random={"root_mass": 2.0}))
+
+
+def test_val_unknown_holds_topologies_of_no_other_split_and_leaves_the_rest_alone(
+    tmp_path, small_dataset
+):
+    """A val_unknown split draws its own topologies after the others: the events of every other
+    split are those of the config without it, and without it nothing says it could exist."""
+    data = tiny_dict(
+        topologies={"known": 4, "unknown": 2, "val_unknown": 2},
+        events={"train": 120, "val": 20, "test": 20, "test_unknown": 30, "val_unknown": 15},
+    )
+    out = tmp_path / "with"
+    generate_dataset(load_config(data), out, workers=1, progress=False)
+    manifest, plain = read_manifest(out), read_manifest(small_dataset)
+    assert manifest["splits"]["val_unknown"]["events"] == 2 * 15
+    assert manifest["topologies"] == {**plain["topologies"], "val_unknown": 2}
+    assert "val_unknown" not in plain["splits"]
+    assert "val_unknown" not in plain["config"]["topologies"]
+    assert not (small_dataset / "val_unknown").exists()
+
+    def topologies_of(root: Path, split: str) -> dict[int, bytes]:
+        """Topology id -> the events' leaves of that topology, in stored order."""
+        found: dict[int, list] = {}
+        for shard in read_manifest(root)["splits"][split]["shards"]:
+            with h5py.File(root / shard["file"]) as handle:
+                for group in (handle[k] for k in handle if k.startswith("L")):
+                    for t, x in zip(group["topology"][()], group["features"][()], strict=True):
+                        found.setdefault(int(t), []).append(x.tobytes())
+        return {t: b"".join(xs) for t, xs in found.items()}
+
+    val_unknown = topologies_of(out, "val_unknown")
+    assert sorted(val_unknown) == [6, 7]  # after 4 known and 2 unknown
+    with h5py.File(out / manifest["splits"]["val_unknown"]["shards"][0]["file"]) as handle:
+        table = TopologyTable.read(handle["topologies"])
+    keys = [table.topology(t).key() for t in range(len(table))]
+    assert len(set(keys)) == len(keys)  # all distinct: val_unknown shares no topology
+    assert not table.known[[6, 7]].any()
+    for split in SPLITS:  # the other splits' events are those of the config without it
+        assert topologies_of(out, split) == topologies_of(small_dataset, split)
