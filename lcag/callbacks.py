@@ -68,15 +68,19 @@ class TreeCalibration(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if path and datamodule is not None and trainer.global_rank == 0:
             temperature = calibrate_checkpoint(path, datamodule.data_dir, self.max_events)
-            shown = ", ".join(f"{t:.3g}" for t in temperature[2:])
-            print(f"tree probabilities calibrated on validation: temperatures {shown} (2.. leaves)")
+            known, other = (", ".join(f"{t:.3g}" for t in row[2:]) for row in temperature)
+            print(
+                "tree probabilities calibrated on validation: temperatures by leaf count "
+                f"(2..) {known} for trees of training topologies, {other} for others"
+            )
         trainer.strategy.barrier()
 
 
 def calibrate_checkpoint(
     path: str | Path, data_dir: str | Path, max_events: int = 1000
 ) -> np.ndarray:
-    """Fit the tree temperatures (one per leaf count) of checkpoint ``path`` on the
+    """Fit the tree temperatures (per leaf count, for trees of training topologies and for
+    others: :meth:`lcag.Reconstructor.calibrate`) of checkpoint ``path`` on the
     validation split of ``data_dir`` (up to ``max_events``), and as many events again of its
     ``val_unknown`` split where it has one (topologies never trained on: the probabilities
     are then calibrated for a mix of known and unseen decays, not for known ones alone), and

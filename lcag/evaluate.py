@@ -169,7 +169,7 @@ def _evaluate_split(
         decoded = decode(probs, mask)
         nodes = reco.node_scores(x, mask)
         full = decode(probs, mask, node_scores=nodes)
-        tree_probability = reco.tree_probability(full, probs, mask, nodes)
+        tree_probability = reco.tree_probability(full, probs, mask, nodes, x=x)
         if confusion is None:
             confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         valid = target >= 0

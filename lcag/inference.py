@@ -29,12 +29,13 @@ from lcag.errors import CheckpointError
 from lcag.events import as_padded
 from lcag.evidence.calibration import (
     events_by_size,
-    fit_temperatures,
+    fit_known_and_unseen,
     scaled,
     temperatures_for,
 )
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
+from lcag.evidence.topologies import TopologyCatalogue
 from lcag.features import check_pair_features, model_inputs
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
@@ -58,6 +59,10 @@ class Reconstruction:
             approximate decoder's trees (an upper bound).
         alternatives: with ``top_k = k``, the ``k`` most probable trees as
             ``(lcag, probability)``, best first (the first is ``lcag``); else empty.
+        known_topology: whether the tree, its leaves labelled by species, has the shape of a
+            training topology (:class:`lcag.evidence.TopologyCatalogue`; the probability is
+            calibrated for known and other topologies apart); ``None`` for a model trained
+            before training topologies were catalogued.
         tree: the decay tree the LCAG describes (leaf ``k`` is the event's ``k``-th
             particle), built on first access.
     """
@@ -67,6 +72,7 @@ class Reconstruction:
     score: float
     probability: float = float("nan")
     alternatives: tuple[tuple[np.ndarray, float], ...] = ()
+    known_topology: bool | None = None
 
     @cached_property
     def tree(self) -> DecayTree:
@@ -115,7 +121,8 @@ class Reconstructor:
             evidence = NodeEvidence("mass_prior", n_bins=len(mass_prior.edges) - 1)
             evidence.set_prior(mass_prior)
             evidence.weight.fill_(float(node_weight))
-        self.temperature = np.atleast_1d(np.asarray(temperature, dtype=np.float64))
+        self.temperature = np.atleast_2d(np.asarray(temperature, dtype=np.float64))
+        self.catalogue = TopologyCatalogue.empty() if evidence is None else evidence.catalogue
         self.evidence = None if evidence is None else evidence.to(self.device).eval()
         if self.evidence is not None and self.evidence.kind == "none":
             self.evidence = None
@@ -192,18 +199,21 @@ class Reconstructor:
         return self._run(x, mask)[1]
 
     def calibrate(self, events: list[dict[str, Any]], batch_size: int = 1024) -> np.ndarray:
-        """Fit the tree temperature on events with known trees and keep it.
+        """Fit the tree temperatures on events with known trees and keep them.
 
         Args:
             events: dicts with ``x (L, F)`` leaves and ``target (L, L)`` the true LCAG (as
                 :class:`lcag.data.LCAGDataset` gives them); events above
-                ``EXACT_MAX_LEAVES`` leaves are left out.
+                ``EXACT_MAX_LEAVES`` leaves are left out. Give events of topologies the model
+                was not trained on too (a ``val_unknown`` split): the temperatures of trees
+                decoded into other topologies are fitted on those events.
 
         Returns:
-            The temperatures ``(EXACT_MAX_LEAVES + 1,)``, one per leaf count
-            (:func:`lcag.evidence.calibration.fit_temperatures`).
+            The temperatures ``(2, EXACT_MAX_LEAVES + 1)``, one per leaf count, row 0 for
+            events whose decoded tree is of a training topology, row 1 for the others
+            (:func:`lcag.evidence.calibration.fit_known_and_unseen`).
         """
-        groups = []
+        groups, known = [], []
         for n, members in sorted(events_by_size(events).items()):
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
@@ -212,31 +222,53 @@ class Reconstructor:
                 truth = np.stack([e["target"] for e in chunk]).astype(np.int64)
                 truth[:, np.arange(n), np.arange(n)] = 0
                 probs, nodes = self._run(x, mask)
+                decoded = decode(probs, mask, node_scores=nodes)
                 groups.append((probs.astype(np.float64), mask, nodes, truth))
-        self.temperature = fit_temperatures(groups)
+                known.append(self.catalogue.contains(decoded, x, mask))
+        self.temperature = fit_known_and_unseen(groups, known)
         return self.temperature
 
+    def known_topology(self, lcag: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Whether each tree ``lcag (N, L, L)`` over leaves ``x (N, L, F)``, ``mask (N, L)`` is
+        of a training topology, ``(N,)`` bool (all ``True`` for a model without a catalogue)."""
+        return self.catalogue.contains(lcag, x, mask)
+
     def log_partition(
-        self, probs: np.ndarray, mask: np.ndarray, nodes: np.ndarray | None
+        self,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        known: np.ndarray | None = None,
     ) -> np.ndarray:
         """``log Z_t`` ``(N,)`` of the tree scores over the temperature ``t``, for pair
-        probabilities ``(N, L, L, C)``, ``mask (N, L)`` and weighted node scores ``(N, 2^L)``."""
-        hot_probs, hot_nodes = scaled(probs, nodes, self.temperatures(mask))
+        probabilities ``(N, L, L, C)``, ``mask (N, L)`` and weighted node scores ``(N, 2^L)``;
+        ``known (N,)``: whether each event's decoded tree is of a training topology (which
+        temperature it takes; all known when ``None``)."""
+        hot_probs, hot_nodes = scaled(probs, nodes, self.temperatures(mask, known))
         return log_partition(hot_probs, mask, node_scores=hot_nodes)
 
-    def temperatures(self, mask: np.ndarray) -> np.ndarray:
-        """The temperature of each event ``(N,)`` by its leaf count, ``mask (N, L)``."""
-        return temperatures_for(self.temperature, mask.sum(1))
+    def temperatures(self, mask: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """The temperature of each event ``(N,)`` by its leaf count, ``mask (N, L)``, and
+        whether its decoded tree is of a training topology, ``known (N,)``."""
+        return temperatures_for(self.temperature, mask.sum(1), known)
 
     def tree_probability(
-        self, lcag: np.ndarray, probs: np.ndarray, mask: np.ndarray, nodes: np.ndarray | None
+        self,
+        lcag: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        x: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The calibrated probability ``(N,)`` of each event's tree ``lcag (N, L, L)`` among
-        all valid trees (inputs as in :meth:`log_partition`; above ``EXACT_MAX_LEAVES`` leaves an
-        upper bound, among the approximate decoder's trees)."""
+        """The calibrated probability ``(N,)`` of each event's decoded tree ``lcag (N, L, L)``
+        among all valid trees (inputs as in :meth:`log_partition`; above ``EXACT_MAX_LEAVES``
+        leaves an upper bound, among the approximate decoder's trees). With the leaves
+        ``x (N, L, F)``, the temperature is that of known or of other topologies, by
+        whether ``lcag`` is of a training topology; without them, that of known ones."""
+        known = None if x is None else self.known_topology(lcag, x, mask)
         scores = tree_score(lcag, probs, mask, node_scores=nodes)
-        log_z = self.log_partition(probs, mask, nodes)
-        return np.exp(np.minimum(scores / self.temperatures(mask) - log_z, 0.0))
+        log_z = self.log_partition(probs, mask, nodes, known)
+        return np.exp(np.minimum(scores / self.temperatures(mask, known) - log_z, 0.0))
 
     def reconstruct(
         self,
@@ -281,8 +313,9 @@ class Reconstructor:
             nodes = nodes if node_evidence else None
             decoded = decode(probs, mb, node_scores=nodes, method=method)
             scores = tree_score(decoded, probs, mb, node_scores=nodes)
-            log_z = self.log_partition(probs, mb, nodes)
-            beta = 1.0 / self.temperatures(mb)
+            known = self.known_topology(decoded, xb, mb)
+            log_z = self.log_partition(probs, mb, nodes, known)
+            beta = 1.0 / self.temperatures(mb, known)
             best = lcag_top_k(probs, top_k, mb, node_scores=nodes) if top_k > 1 else None
             for k, event in enumerate(events):
                 real = np.flatnonzero(mb[k])
@@ -298,6 +331,7 @@ class Reconstructor:
                     score=float(scores[k]),
                     probability=_probability(beta[k], scores[k], log_z[k]),
                     alternatives=alternatives,
+                    known_topology=bool(known[k]) if self.catalogue.fitted else None,
                 )
         return [out[i] for i in range(len(x))]
 

@@ -28,6 +28,7 @@ from lcag.evidence.node_evidence import (
     true_nodes,
     upgrade_state_dict,
 )
+from lcag.evidence.topologies import TopologyCatalogue
 from lcag.features import check_pair_features, model_inputs
 from lcag.metrics import PairAccuracy, PerfectTreeRate, ValidTreeRate
 from lcag.models.base import LCAGModel
@@ -39,7 +40,7 @@ __all__ = ["LCAGModule"]
 TEST_SUBSETS = ("test", "test_unseen")  # test dataloader 0: known topologies, 1: unseen
 VAL_SUBSETS = ("val", "val_unseen")  # validation dataloader 0: known, 1 (if any): unseen
 DEFAULT_NODE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-HEAD_SHARES = (0.0, 0.5, 1.0)  # of the subset head's correction to the mass prior
+DEFAULT_HEAD_SHARES = (0.0, 1.0)  # of the subset head's correction to the mass prior
 
 
 class LCAGModule(pl.LightningModule):
@@ -65,12 +66,17 @@ class LCAGModule(pl.LightningModule):
             the pair loss), ``mass_prior`` (:class:`lcag.evidence.MassPrior` alone, learnt
             from the training split at the start of fitting), ``none`` (pair scores alone).
         node_weights: the weights of the node scores tried on validation, each with every
-            share of the subset head's correction (``HEAD_SHARES``); the pair kept goes to
+            share of ``head_shares``; the pair kept goes to
             the ``evidence.weight`` and ``evidence.head_share`` buffers
             (:meth:`_choose_node_weights`: the best ``val/score``, the perfect-tree rate on
             validation, with a ``val_unknown`` split in the data the mean of the known and
             unseen topologies' rates; of the pairs within one standard error of it, the
             largest). Checkpoints and early stopping watch ``val/score``.
+        head_shares: the shares of the subset head's correction to the mass prior tried with
+            every weight, node scores ``prior + share * (head - prior)``: 0 the prior alone
+            (what carries to unseen topologies with exact masses; always tried), 1 the whole
+            head. Every pair is decoded on every validation event, so each share adds a
+            weight grid's worth of decoding to validation.
         mass_prior_bins: log-mass bins of the prior, or ``auto``: chosen on held-out
             training events (:meth:`lcag.evidence.MassPrior.fit`).
         mass_prior_events: training events the prior is counted from (spread over the split).
@@ -103,6 +109,7 @@ class LCAGModule(pl.LightningModule):
         max_leaves: int = 64,
         node_evidence: NodeEvidenceKind = "subset_head",
         node_weights: list[float] | None = None,
+        head_shares: list[float] | None = None,
         mass_prior_bins: int | Literal["auto"] = "auto",
         mass_prior_events: int = 50_000,
         mass_prior_composition: bool = True,
@@ -157,12 +164,16 @@ class LCAGModule(pl.LightningModule):
             400 if mass_prior_bins == "auto" else mass_prior_bins,
             subset_head_hidden,
         )
-        # the tree score's temperature for probabilities (lcag.callbacks.TreeCalibration)
-        # (one per leaf count, EXACT_MAX_LEAVES + 1 entries)
+        # the tree score's temperature for probabilities (lcag.callbacks.TreeCalibration):
+        # row 0 for trees of a training topology, row 1 for others; one per leaf count
         self.register_buffer(
-            "tree_temperature", torch.ones(EXACT_MAX_LEAVES + 1, dtype=torch.float64)
+            "tree_temperature", torch.ones(2, EXACT_MAX_LEAVES + 1, dtype=torch.float64)
         )
         self.node_weights = [float(w) for w in (node_weights or DEFAULT_NODE_WEIGHTS)]
+        shares = [float(a) for a in (head_shares or DEFAULT_HEAD_SHARES)]
+        if not all(0.0 <= a <= 1.0 for a in shares):
+            raise ConfigError(f"head_shares = {shares}: every share must lie in [0, 1]")
+        self.head_shares = sorted({0.0, *shares})  # 0: the prior alone, reported beside
         self.weight_metrics = nn.ModuleDict(  # validation rates at each (weight, share)
             {
                 subset: nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.weight_grid)
@@ -198,17 +209,20 @@ class LCAGModule(pl.LightningModule):
             mean, std = datamodule.normalisation
             self.feature_mean.copy_(torch.tensor(mean))
             self.feature_std.copy_(torch.clamp(torch.tensor(std), min=1e-6))
-        wants_prior = self.evidence.kind != "none"
-        if stage == "fit" and wants_prior and not self.mass_prior.fitted:
-            train = LCAGDataset(
-                datamodule.data_dir, "train", max_events=self.hparams.mass_prior_events
-            )
+        wants_prior = self.evidence.kind != "none" and not self.mass_prior.fitted
+        if stage != "fit" or not (wants_prior or not self.evidence.catalogue.fitted):
+            return
+        train = LCAGDataset(datamodule.data_dir, "train", max_events=self.hparams.mass_prior_events)
+        events = train.__getitems__(range(len(train)))
+        if wants_prior:
             prior = MassPrior.fit(
-                train.__getitems__(range(len(train))),
+                events,
                 n_bins=self.hparams.mass_prior_bins,
                 composition=self.hparams.get("mass_prior_composition", True),
             )
             self.evidence.set_prior(prior)
+        if not self.evidence.catalogue.fitted:  # tree probabilities: known topology or not
+            self.evidence.set_catalogue(TopologyCatalogue.fit(events))
 
     @property
     def mass_prior(self) -> MassPrior:
@@ -362,7 +376,7 @@ class LCAGModule(pl.LightningModule):
     def weight_grid(self) -> list[tuple[float, float]]:
         """The (node weight, head share) pairs tried on validation: every weight with every
         share of the subset head's correction (share 1 alone without a head)."""
-        shares = HEAD_SHARES if self.evidence.head is not None else (1.0,)
+        shares = self.head_shares if self.evidence.head is not None else (1.0,)
         return [(w, a) for w in self.node_weights for a in shares]
 
     def node_scores(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:

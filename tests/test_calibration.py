@@ -52,6 +52,28 @@ def test_temperature_maximises_the_true_trees_likelihood():
         assert best >= tree_log_likelihood(groups, other)
 
 
+def test_known_and_unseen_topologies_get_their_own_temperatures():
+    """Events whose decoded tree is of a training topology are right; the others are as sure
+    and wrong in 30 of 60: only the second row softens, and the rows follow each event."""
+    from lcag.evidence.calibration import fit_known_and_unseen, temperatures_for
+    from lcag.matrix import tree_to_lcag
+    from lcag.tree import DecayTree
+
+    truth = tree_to_lcag(DecayTree.from_nested(((0, 1), (2, (3, 4)))))
+    other = tree_to_lcag(DecayTree.from_nested(((0, 2), (1, (3, 4)))))
+    favoured = np.stack([other if 60 <= k < 90 else truth for k in range(120)])
+    probs = np.full((120, 5, 5, 4), 1e-2)
+    np.put_along_axis(probs, favoured[..., None], 1.0, axis=-1)
+    group = (probs, np.ones((120, 5), dtype=bool), None, np.broadcast_to(truth, (120, 5, 5)))
+    known = np.arange(120) < 60
+    table = fit_known_and_unseen([group], [known])
+    assert table.shape == (2, 11)
+    assert table[1, 5] > 1.5 * table[0, 5]  # sure but often wrong: softened
+    assert table[0, 5] <= 1.0  # sure and right: sharpened, or left
+    picked = temperatures_for(table, np.array([5, 5, 12]), np.array([True, False, False]))
+    np.testing.assert_array_equal(picked, [table[0, 5], table[1, 5], table[1, 10]])
+
+
 def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_path):
     import shutil
 
@@ -62,7 +84,7 @@ def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_p
     path = tmp_path / "model.ckpt"
     shutil.copy(checkpoint, path)
     temperature = calibrate_checkpoint(path, tiny_data, max_events=200)
-    assert temperature.shape == (11,)
+    assert temperature.shape == (2, 11)  # trees of training topologies, and others
     assert np.any(temperature != 1.0)
     before, after = Reconstructor.from_checkpoint(checkpoint), Reconstructor.from_checkpoint(path)
     np.testing.assert_allclose(after.temperature, temperature)
@@ -73,3 +95,8 @@ def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_p
     for a, b in zip(old, new, strict=True):
         np.testing.assert_array_equal(a.lcag, b.lcag)  # the trees do not change
     assert any(abs(a.probability - b.probability) > 1e-6 for a, b in zip(old, new, strict=True))
+    unseen_split = LCAGDataset(tiny_data, "test_unknown")
+    unseen = [e["x"] for e in unseen_split.__getitems__(range(0, 200, 10))]
+    flags = [r.known_topology for r in after.reconstruct(events + unseen)]
+    assert set(flags) <= {True, False}
+    assert any(flags[: len(events)])  # trees of the training topologies are recognised

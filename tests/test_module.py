@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lcag.errors import ConfigError
 from lcag.features import pair_features
 from lcag.models import LCAGTransformer
 from lcag.module import LCAGModule, _WarmupCosine
@@ -166,7 +167,10 @@ def test_node_weight_is_the_largest_within_a_standard_error_of_the_best(correct,
 def test_unseen_validation_moves_the_choice_to_what_carries_over():
     """Known topologies favour the head's whole correction; unseen ones the prior alone: the
     mean of both decides, and the prior's own weight is the best at share 0."""
-    module = LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2))
+    module = LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2), head_shares=[0.5, 1])
+    assert module.head_shares == [0.0, 0.5, 1.0]  # the prior alone is always tried
+    with pytest.raises(ConfigError, match="head_shares"):
+        LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2), head_shares=[2.0])
     known = {(8.0, 1.0): 390, (8.0, 0.5): 385, (8.0, 0.0): 370, (2.0, 0.0): 360}
     unseen = {(8.0, 1.0): 200, (8.0, 0.5): 260, (8.0, 0.0): 330, (2.0, 0.0): 200}
     _fill_grid(module, "val", known)

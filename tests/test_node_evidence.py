@@ -148,6 +148,9 @@ def test_bad_kind_and_missing_width_are_config_errors():
 def test_old_state_dicts_are_upgraded():
     old = {"mass_prior_edges": 1, "mass_prior_log_odds": 2, "node_weight": 3, "model.w": 4}
     upgraded = upgrade_state_dict(old)
+    catalogue = {k: upgraded.pop(k) for k in list(upgraded) if "catalogue" in k}
+    assert sorted(catalogue) == ["evidence.catalogue_keys", "evidence.catalogue_species"]
+    assert catalogue["evidence.catalogue_keys"].numel() == 0  # none: every tree counts known
     compositions = {k: upgraded.pop(k) for k in list(upgraded) if "species" in k or "compos" in k}
     assert upgraded == {
         "evidence.mass_prior_edges": 1,
@@ -166,7 +169,8 @@ def test_old_state_dicts_are_upgraded():
     ]
     assert compositions["evidence.composition_keys"].numel() == 0
     scalar = upgrade_state_dict({"feature_mean": 0, "tree_temperature": torch.tensor(2.0)})
-    assert scalar["tree_temperature"].tolist() == [2.0] * 11  # one per leaf count
+    # one per leaf count, the same for trees of training topologies and for others
+    assert scalar["tree_temperature"].tolist() == [[2.0] * 11] * 2
 
 
 def test_scoring_some_subsets_gives_those_of_scoring_all():

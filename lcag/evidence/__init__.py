@@ -4,7 +4,8 @@ Pair scores cannot see whether a *set* of leaves is a particle; a node score per
 (:mod:`lcag.decode`, ``node_scores``). :class:`MassPrior` learns one from the training trees:
 the log-odds that a leaf subset is an inner node given its invariant mass and size.
 :class:`NodeEvidence` holds what a trained model decodes with: the prior, a learnt subset head
-(:class:`lcag.models.SubsetHead`) and their weight.
+(:class:`lcag.models.SubsetHead`) and their weight, and :class:`TopologyCatalogue` the
+training topologies (whether a reconstructed tree is of one).
 """
 
 from lcag.evidence.mass_prior import MassPrior
@@ -15,6 +16,7 @@ from lcag.evidence.subsets import (
     subset_masses,
     subset_sizes,
 )
+from lcag.evidence.topologies import TopologyCatalogue
 
 
 def __getattr__(name: str) -> object:
@@ -29,6 +31,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "MassPrior",
     "NodeEvidence",
+    "TopologyCatalogue",
     "candidate_subsets",
     "node_indicator",
     "subset_kinematics",

@@ -7,6 +7,10 @@ divided by ``t``. Dividing by ``t`` changes no ranking, so the decoded tree and 
 order stay as they are; only the probabilities move. ``t`` minimises the mean negative
 log-likelihood of the true trees on validation events (temperature scaling), found by a
 golden-section search over ``log t`` (the likelihood is convex in ``1 / t``).
+
+Temperatures come in two rows (:func:`fit_known_and_unseen`): one for events whose decoded
+tree is of a training topology (:class:`lcag.evidence.TopologyCatalogue`), where a trained
+model is mostly right, one for the others, where its pair scores are often confidently wrong.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from lcag.decode import EXACT_MAX_LEAVES, log_partition, tree_score
 
 __all__ = [
     "MIN_EVENTS_PER_SIZE",
+    "fit_known_and_unseen",
     "fit_temperature",
     "fit_temperatures",
     "scaled",
@@ -48,10 +53,17 @@ def scaled(
     return hot, nodes * (beta.reshape(-1, 1) if beta.ndim else beta)
 
 
-def temperatures_for(table: np.ndarray, n_leaves: np.ndarray) -> np.ndarray:
-    """Per-event temperatures ``(N,)`` from a per-leaf-count table ``(M,)`` (entry ``n`` for
-    events of ``n`` leaves; larger events take the last entry)."""
-    return table[np.minimum(n_leaves, len(table) - 1)]
+def temperatures_for(
+    table: np.ndarray, n_leaves: np.ndarray, known: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-event temperatures ``(N,)`` from a per-leaf-count table ``(M,)`` or ``(2, M)``
+    (entry ``n`` for events of ``n`` leaves, larger events take the last entry; row 0 for
+    events whose tree is of a known topology, row 1 for the others, by ``known (N,)`` bool,
+    all known when ``None``)."""
+    table = np.atleast_2d(table)
+    column = np.minimum(n_leaves, table.shape[1] - 1)
+    row = np.zeros_like(column) if known is None else np.where(known, 0, table.shape[0] - 1)
+    return table[row, column]
 
 
 def tree_log_likelihood(
@@ -115,6 +127,32 @@ def fit_temperatures(
         if 2 < n < table_size and sum(len(g[0]) for g in mine) >= MIN_EVENTS_PER_SIZE:
             table[n] = fit_temperature(mine)
     return table
+
+
+def fit_known_and_unseen(
+    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]],
+    known: list[np.ndarray],
+    table_size: int = EXACT_MAX_LEAVES + 1,
+) -> np.ndarray:
+    """Temperatures ``(2, table_size)``: row 0 fitted (:func:`fit_temperatures`) on the
+    events whose decoded tree is of a training topology (``known``, one ``(N,)`` bool per
+    group), row 1 on the others; a row of fewer than ``MIN_EVENTS_PER_SIZE`` events takes
+    the fit over all events."""
+    rows = []
+    everything = None
+    for flag in (True, False):
+        mine = []
+        for group, k in zip(groups, known, strict=True):
+            chosen = k == flag
+            if chosen.any():
+                mine.append(tuple(None if a is None else a[chosen] for a in group))
+        if sum(len(g[0]) for g in mine) >= MIN_EVENTS_PER_SIZE:
+            rows.append(fit_temperatures(mine, table_size))
+        else:
+            if everything is None:
+                everything = fit_temperatures(groups, table_size)
+            rows.append(everything)
+    return np.stack(rows)
 
 
 def events_by_size(events: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:

@@ -34,6 +34,7 @@ from lcag.evidence.subsets import (
     subset_kinematics,
     subset_masses,
 )
+from lcag.evidence.topologies import TopologyCatalogue
 from lcag.models.subset_head import SubsetHead
 
 __all__ = ["NODE_EVIDENCE_KINDS", "NodeEvidence", "true_nodes", "upgrade_state_dict"]
@@ -80,6 +81,8 @@ class NodeEvidence(nn.Module):
         self.register_buffer("mass_prior_log_odds", torch.from_numpy(empty.log_odds))
         for name, value in _composition_buffers(empty).items():
             self.register_buffer(name, value)
+        for name, value in _catalogue_buffers(TopologyCatalogue.empty()).items():
+            self.register_buffer(name, value)
         self.register_buffer("weight", torch.tensor(0.0, dtype=torch.float64))
         # scores = prior + head_share * (head - prior): the head's correction kept
         self.register_buffer("head_share", torch.tensor(1.0, dtype=torch.float64))
@@ -109,6 +112,19 @@ class NodeEvidence(nn.Module):
         self.mass_prior_log_odds = torch.from_numpy(prior.log_odds.astype(np.float64)).to(device)
         for name, value in _composition_buffers(prior).items():
             setattr(self, name, value.to(device))
+
+    @property
+    def catalogue(self) -> TopologyCatalogue:
+        """The training topologies (:class:`lcag.evidence.TopologyCatalogue`; empty until
+        :meth:`set_catalogue`)."""
+        return TopologyCatalogue(
+            self.catalogue_species.cpu().numpy(), self.catalogue_keys.cpu().numpy()
+        )
+
+    def set_catalogue(self, catalogue: TopologyCatalogue) -> None:
+        """Hold ``catalogue`` (of any size) in the buffers."""
+        for name, value in _catalogue_buffers(catalogue).items():
+            setattr(self, name, value.to(self.catalogue_keys.device))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         """Take the stored prior's shape (its bins and compositions are chosen when it is
@@ -234,7 +250,17 @@ def true_nodes(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 _RENAMED = {"mass_prior_edges", "mass_prior_log_odds"}
 _COMPOSITION = ("species_log_masses", "species_codes", "composition_keys", "composition_log_odds")
-_RESIZED = _RENAMED | set(_COMPOSITION)
+_CATALOGUE = ("catalogue_species", "catalogue_keys")
+_RESIZED = _RENAMED | set(_COMPOSITION) | set(_CATALOGUE)
+
+
+def _catalogue_buffers(catalogue: TopologyCatalogue) -> dict[str, torch.Tensor]:
+    """The catalogue's species and keys as tensors, by buffer name."""
+    values = (catalogue.species.astype(np.float64), catalogue.keys.astype(np.int64))
+    return {
+        name: torch.from_numpy(np.ascontiguousarray(v))
+        for name, v in zip(_CATALOGUE, values, strict=True)
+    }
 
 
 def _composition_buffers(prior: MassPrior) -> dict[str, torch.Tensor]:
@@ -255,8 +281,9 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     """Move a checkpoint's node-evidence buffers from the module's top level (checkpoints
     written before :class:`NodeEvidence` existed) to ``evidence.*``, give it the prior's own
     weight when it has none (the prior was then the whole evidence), no compositions when it
-    has none, the subset head's whole correction when no share was chosen, and a tree
-    temperature of 1 (uncalibrated); others pass unchanged."""
+    has none, the subset head's whole correction when no share was chosen, no topology
+    catalogue when it has none, and tree temperatures for known and other topologies (1:
+    uncalibrated; one per leaf count shared by both); others pass unchanged."""
     out = {}
     for key, value in state.items():
         if key in _RENAMED:
@@ -269,11 +296,15 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         out["evidence.prior_weight"] = out["evidence.weight"]
     if "evidence.weight" in out:  # written before the head's share was chosen: all of it
         out.setdefault("evidence.head_share", torch.tensor(1.0, dtype=torch.float64))
+        # and before the training topologies were catalogued: none (every tree counts known)
+        for name, value in _catalogue_buffers(TopologyCatalogue.empty()).items():
+            out.setdefault(f"evidence.{name}", value)
     if "evidence.mass_prior_edges" in out:  # written before the prior counted compositions
         empty = _composition_buffers(MassPrior.empty())
         for name, value in empty.items():
             out.setdefault(f"evidence.{name}", value)
-    if "feature_mean" in out:  # a module: one temperature per leaf count, 1 if uncalibrated
+    if "feature_mean" in out:  # a module: temperatures per (known topology or not, leaf
+        # count), 1 if uncalibrated; one row, or one number, serves both
         t = out.get("tree_temperature", torch.tensor(1.0, dtype=torch.float64))
-        out["tree_temperature"] = t.expand(EXACT_MAX_LEAVES + 1).clone() if t.dim() == 0 else t
+        out["tree_temperature"] = t.expand(2, EXACT_MAX_LEAVES + 1).clone() if t.dim() < 2 else t
     return out

@@ -306,8 +306,14 @@ def _vector(values: Any) -> str:
 
 
 def _temperatures(table: Any) -> str:
-    """The tree temperature (one number, or one per leaf count from 2 on) in a line."""
+    """The tree temperatures (one number, one per leaf count from 2 on, or such a row for
+    trees of training topologies and one for others) in a line."""
     note = "(tree probabilities; lcag.callbacks.TreeCalibration)"
+    if isinstance(table, list) and table and isinstance(table[0], list):
+        if len(table) == 1 or table[0] == table[-1]:
+            return _temperatures(table[0])
+        known, other = (_temperatures(row).removesuffix(f" {note}") for row in table[:2])
+        return f"known topologies {known}; others {other} {note}"
     values = table if isinstance(table, list) else [table]
     if len(set(values[2:] or values)) == 1:
         return f"{_number(float((values[2:] or values)[0]))} for every leaf count {note}"

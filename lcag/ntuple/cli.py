@@ -12,6 +12,9 @@ Per entry (event) the output holds, in the input's order, input files one after 
   first, then inner nodes by height, ``-1`` for the root (as ``Reconstruction.tree.parents``);
 - ``score`` (float64): the tree's score; ``probability`` (float64): its probability among all
   valid trees (above 10 leaves an upper bound, among the approximate decoder's trees);
+- ``known_topology`` (int8): 1 when the tree, its leaves labelled by species, has the shape of
+  a training topology, 0 when not (its probability is calibrated for such trees apart), -1
+  for a model trained before training topologies were catalogued;
 - the ``--carry`` branches, unchanged.
 
 ROOT output adds uproot's counter branches ``n_lcag`` and ``n_parent``. The input is read in
@@ -41,7 +44,7 @@ from lcag.ntuple.sources import DEFAULT_FEATURES, Chunk, iter_chunks, need, open
 __all__ = ["OUTPUT_BRANCHES", "Summary", "main", "reconstruct_chunk", "reconstruct_files"]
 
 PROG = "lcag-reconstruct"
-OUTPUT_BRANCHES = ("n_leaves", "lcag", "parent", "score", "probability")
+OUTPUT_BRANCHES = ("n_leaves", "lcag", "parent", "score", "probability", "known_topology")
 JAGGED_OUTPUTS = ("lcag", "parent")
 DEFAULT_STEP = 10_000
 
@@ -68,8 +71,8 @@ def reconstruct_chunk(
     """One chunk's output branches (:data:`OUTPUT_BRANCHES`), by ``reco.reconstruct``.
 
     Returns:
-        ``{"n_leaves", "score", "probability"}`` as numpy arrays, ``{"lcag", "parent"}`` as
-        jagged awkward arrays, one entry per event of the chunk.
+        ``{"n_leaves", "score", "probability", "known_topology"}`` as numpy arrays,
+        ``{"lcag", "parent"}`` as jagged awkward arrays, one entry per event of the chunk.
     """
     ak = need("awkward")
     try:
@@ -83,6 +86,11 @@ def reconstruct_chunk(
     score = np.fromiter((r.score for r in results), dtype=np.float64, count=len(results))
     probability = np.fromiter(
         (r.probability for r in results), dtype=np.float64, count=len(results)
+    )
+    known = np.fromiter(
+        (-1 if r.known_topology is None else int(r.known_topology) for r in results),
+        dtype=np.int8,
+        count=len(results),
     )
     flat = [r.lcag.ravel() for r in results]
     lcag = np.concatenate(flat).astype(np.int32) if flat else np.zeros(0, dtype=np.int32)
@@ -107,6 +115,7 @@ def reconstruct_chunk(
         "parent": ak.unflatten(parent, n_nodes),
         "score": score,
         "probability": probability,
+        "known_topology": known,
     }
 
 
