@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import decay_trees
 
 from lcag.data import LCAGDataset
 from lcag.evidence import TopologyCatalogue
@@ -17,14 +18,9 @@ from lcag.tree import DecayTree
 @st.composite
 def labelled_trees(draw: st.DrawFn, max_leaves: int = 7) -> tuple[DecayTree, np.ndarray]:
     """A random tree over ``2..max_leaves`` leaves and a species (0..2) per leaf."""
-    n = draw(st.integers(2, max_leaves))
-    groups: list = list(range(n))
-    while len(groups) > 1:
-        k = draw(st.integers(2, len(groups)))
-        start = draw(st.integers(0, len(groups) - k))
-        groups[start : start + k] = [tuple(groups[start : start + k])]
-    labels = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
-    return DecayTree.from_nested(groups[0]), labels
+    tree = draw(decay_trees(max_leaves=max_leaves, max_depth=5, max_children=3))
+    n = tree.n_leaves
+    return tree, np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
 
 
 def named(tree: DecayTree, labels: np.ndarray) -> DecayTree:
