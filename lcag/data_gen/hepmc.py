@@ -19,9 +19,10 @@ Every decay of a chosen mother (PDG ids) in every event becomes one lcag event:
    sorted order, e.g. ``511(-211,413(211,421(-211,321)))``); each topology's leaves are in the
    canonical depth-first order, so ``order[e, k]`` names the topology leaf event leaf ``k`` is.
    A topology is *unseen* (``test_unknown`` only) when the SHA-256 of ``"<seed>:<string>"``,
-   read as a fraction of 2^64, falls below ``unseen_fraction``: the split depends only on the
-   topology and the seed, not on which other files are converted. Known topologies get ids
-   ``0..K-1`` in order of first appearance, unseen ones follow.
+   read as a fraction of 2^64, falls below ``unseen_fraction``, and ``val_unknown`` only when it
+   falls in the ``val_unseen_fraction`` above that: the split depends only on the topology and
+   the seed, not on which other files are converted. Known topologies get ids ``0..K-1`` in
+   order of first appearance, unseen ones follow, then those of ``val_unknown``.
 4. **Events.** Leaf 4-momenta ``(px, py, pz, E)`` in GeV, in the mother's rest frame (the
    frame of the sum of the leaves' 4-momenta; the default, as the simulator's shards) or in
    the lab as stored. The simulator's detector response is applied on top:
@@ -112,6 +113,8 @@ class HepMCOptions:
         frame: ``"rest"`` (the mother's rest frame) or ``"lab"`` (as stored).
         max_leaves: a decay with more leaves is an error (at most 127).
         unseen_fraction: the share of topologies kept for ``test_unknown``.
+        val_unseen_fraction: the share of topologies kept for ``val_unknown`` (validation on
+            topologies neither training nor the test sees; 0: no such split).
         val_fraction, test_fraction: the shares of known-topology decays for val and test.
         momentum_resolution, background_mean, background_momentum: the simulator's detector
             response (:class:`~lcag.data_gen.config.Kinematics`).
@@ -124,6 +127,7 @@ class HepMCOptions:
     frame: Literal["rest", "lab"] = "rest"
     max_leaves: int = DecFileChains().max_leaves or MAX_LEAVES
     unseen_fraction: float = 0.2
+    val_unseen_fraction: float = 0.0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     momentum_resolution: float = Kinematics().momentum_resolution
@@ -212,7 +216,7 @@ def convert_hepmc(
     expected = [info["events"] for info in inputs]
     # through JSON, so that a rerun compares it with what generation.json holds
     config: dict[str, Any] = json.loads(
-        json.dumps({"source": "hepmc", "files": inputs, **dataclasses.asdict(options)})
+        json.dumps({"source": "hepmc", "files": inputs, **_recorded(options)})
     )
     out = Path(out)
     claim_directory(out, config, overwrite)
@@ -221,9 +225,9 @@ def convert_hepmc(
     if not decays:
         raise DatasetError(_no_decays_message(paths, options, scan))
 
-    topologies, topology_of, n_known = _topologies(decays, options)
+    topologies, topology_of, n_known, first_val = _topologies(decays, options)
     table = TopologyTable.from_topologies(topologies, n_known)
-    splits = _assign_splits(topology_of, n_known, options)
+    splits = _assign_splits(topology_of, n_known, first_val, options)
     plans, members = _plan_shards(topology_of, splits, options.events_per_shard)
     base = [tree_to_lcag(t.tree) for t in topologies]
     for plan in plans:
@@ -277,6 +281,12 @@ def _check_options(o: HepMCOptions) -> None:
         raise ConfigError(f"--max-leaves {o.max_leaves}: expected 2..{MAX_LEAVES}")
     if not 0 <= o.unseen_fraction < 1:
         raise ConfigError(f"--unseen-fraction {o.unseen_fraction}: expected 0 <= value < 1")
+    if not 0 <= o.val_unseen_fraction < 1 - o.unseen_fraction:
+        raise ConfigError(
+            f"--val-unseen-fraction {o.val_unseen_fraction}: expected 0 <= value < 1 - "
+            f"--unseen-fraction ({1 - o.unseen_fraction:g}), so that topologies are left for "
+            "training"
+        )
     for name, value in (("--val-fraction", o.val_fraction), ("--test-fraction", o.test_fraction)):
         if not 0 <= value < 1:
             raise ConfigError(f"{name} {value}: expected 0 <= value < 1")
@@ -329,6 +339,8 @@ _CLI = {  # option -> (field, type, metavar, help)
     "frame": ("frame", str, "rest|lab", "leaf momenta in the mother's rest frame or the lab"),
     "max-leaves": ("max_leaves", int, "N", "a decay with more leaves is an error"),
     "unseen-fraction": ("unseen_fraction", float, "X", "share of topologies for test_unknown"),
+    "val-unseen-fraction": ("val_unseen_fraction", float, "X",
+                            "share of topologies for val_unknown (default 0: none)"),
     "val-fraction": ("val_fraction", float, "X", "share of known-topology decays for val"),
     "test-fraction": ("test_fraction", float, "X", "share of known-topology decays for test"),
     "momentum-resolution": ("momentum_resolution", float, "X", "relative momentum smearing"),
@@ -690,16 +702,32 @@ def _key(tree: DecayTree) -> str:
 
 
 # -------------------------------------------------------------------- topologies and splits
-def _unseen(key: str, seed: int, fraction: float) -> bool:
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") < fraction * 2.0**64
+def _recorded(options: HepMCOptions) -> dict[str, Any]:
+    """The options a dataset records; without a val_unknown share the key is left out, so a
+    conversion records what it did before the split existed."""
+    data = dataclasses.asdict(options)
+    if not options.val_unseen_fraction:
+        del data["val_unseen_fraction"]
+    return data
+
+
+def _unseen_side(key: str, options: HepMCOptions) -> str | None:
+    """``test_unknown`` or ``val_unknown`` for a topology kept from training, else ``None``."""
+    digest = hashlib.sha256(f"{options.seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    if u < options.unseen_fraction:
+        return "test_unknown"
+    if u < options.unseen_fraction + options.val_unseen_fraction:
+        return "val_unknown"
+    return None
 
 
 def _topologies(
     decays: Sequence[Decay], options: HepMCOptions
-) -> tuple[list[Topology], np.ndarray, int]:
-    """Distinct topologies (known first, each side in order of first appearance), each decay's
-    topology id ``(D,)``, and the number of known topologies.
+) -> tuple[list[Topology], np.ndarray, int, int]:
+    """Distinct topologies (known first, then test_unknown's, then val_unknown's, each set in
+    order of first appearance), each decay's topology id ``(D,)``, the number of known
+    topologies and the id of the first of val_unknown.
 
     Raises:
         DatasetError: every topology fell to the unseen side.
@@ -707,9 +735,9 @@ def _topologies(
     first: dict[str, int] = {}
     for i, decay in enumerate(decays):
         first.setdefault(decay.key, i)
-    unseen = {key: _unseen(key, options.seed, options.unseen_fraction) for key in first}
-    keys = [k for k in first if not unseen[k]] + [k for k in first if unseen[k]]
-    n_known = sum(not unseen[k] for k in keys)
+    side = {key: _unseen_side(key, options) for key in first}
+    keys = [k for where in (None, "test_unknown", "val_unknown") for k in first if side[k] == where]
+    n_known = sum(side[k] is None for k in keys)
     if n_known == 0:
         raise DatasetError(
             f"all {len(keys)} topologies found are unseen ones with --unseen-fraction "
@@ -718,11 +746,16 @@ def _topologies(
         )
     ids = {key: i for i, key in enumerate(keys)}
     topologies = [Topology(decays[first[k]].tree, decays[first[k]].widths) for k in keys]
-    return topologies, np.array([ids[d.key] for d in decays], dtype=np.int64), n_known
+    first_val = n_known + sum(side[k] == "test_unknown" for k in keys)
+    topology_of = np.array([ids[d.key] for d in decays], dtype=np.int64)
+    return topologies, topology_of, n_known, first_val
 
 
-def _assign_splits(topology_of: np.ndarray, n_known: int, options: HepMCOptions) -> np.ndarray:
-    """``(D,)`` index into ``SPLITS`` of every decay."""
+def _assign_splits(
+    topology_of: np.ndarray, n_known: int, first_val: int, options: HepMCOptions
+) -> np.ndarray:
+    """``(D,)`` index into ``SPLITS`` of every decay (topologies from ``first_val`` on:
+    ``val_unknown``)."""
     known = topology_of < n_known
     rng = np.random.default_rng(np.random.SeedSequence(options.seed, spawn_key=(SPLIT_KEY,)))
     u = rng.random(int(known.sum()))
@@ -732,6 +765,7 @@ def _assign_splits(topology_of: np.ndarray, n_known: int, options: HepMCOptions)
         np.where(u < options.test_fraction + options.val_fraction, SPLITS.index("val"), 0),
     )
     split = np.full(len(topology_of), SPLITS.index("test_unknown"), dtype=np.int64)
+    split[topology_of >= first_val] = SPLITS.index("val_unknown")
     split[known] = drawn
     return split
 

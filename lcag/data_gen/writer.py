@@ -595,6 +595,7 @@ def publish_shard(
     import h5py
 
     tmp = path.with_name(path.name + f"{TMP_SUFFIX}-{os.getpid()}")
+    path.parent.mkdir(exist_ok=True)  # a split only some datasets have (val_unknown)
     total = np.zeros(len(FEATURES))
     squares = np.zeros(len(FEATURES))
     leaves = 0

@@ -61,7 +61,7 @@ def read_events(root: Path) -> list[dict]:
     stored order, plus the topology's tree."""
     manifest = read_manifest(root)
     events = []
-    for split in SPLITS:
+    for split in manifest["splits"]:
         for shard in manifest["splits"][split]["shards"]:
             with h5py.File(root / shard["file"]) as handle:
                 table = TopologyTable.read(handle["topologies"])
@@ -73,6 +73,7 @@ def read_events(root: Path) -> list[dict]:
                         events.append(
                             {
                                 "split": split,
+                                "topology": int(group["topology"][e]),
                                 "features": group["features"][e].astype(np.float64),
                                 "lcag": group["lcag"][e].astype(np.int64),
                                 "order": order,
@@ -268,17 +269,41 @@ def test_conversion_gives_back_the_simulated_trees_and_momenta(converted, simula
 
 
 def test_topologies_split_by_hash_and_decays_by_seed(converted):
-    from lcag.data_gen.hepmc import _unseen
+    from lcag.data_gen.hepmc import HepMCOptions, _unseen_side
 
     manifest = read_manifest(converted)
     keys = manifest["config"]["topology_keys"]
     assert len(keys) == len(set(keys)) == 7  # the table's seven D*+ chains
     n_known = manifest["topologies"]["known"]
-    assert [_unseen(key, 1, 0.3) for key in keys] == [False] * n_known + [True] * (7 - n_known)
+    options = HepMCOptions(mothers=(MOTHER,), unseen_fraction=0.3, seed=1)
+    sides = [_unseen_side(key, options) for key in keys]
+    assert sides == [None] * n_known + ["test_unknown"] * (7 - n_known)
+    assert "val_unseen_fraction" not in manifest["config"]  # none asked: recorded as before
     assert 0 < n_known < 7
     counts = {split: manifest["splits"][split]["events"] for split in SPLITS}
     assert all(counts.values())
     assert counts["train"] > counts["val"] + counts["test"]
+
+
+def test_val_unseen_fraction_keeps_topologies_for_val_unknown(hepmc_files, tmp_path):
+    from lcag.data_gen.hepmc import HepMCOptions, _unseen_side
+
+    # hash fractions of the seven chains at seed 1: two below 0.2, three in [0.2, 0.25)
+    manifest = convert(hepmc_files, tmp_path / "val", unseen_fraction=0.2, val_unseen_fraction=0.05)
+    assert manifest["config"]["val_unseen_fraction"] == 0.05
+    assert manifest["topologies"] == {**manifest["topologies"], "known": 2, "unknown": 2,
+                                      "val_unknown": 3}  # fmt: skip
+    options = HepMCOptions(mothers=(MOTHER,), unseen_fraction=0.2, val_unseen_fraction=0.05, seed=1)
+    sides = [_unseen_side(key, options) for key in manifest["config"]["topology_keys"]]
+    assert sides == [None] * 2 + ["test_unknown"] * 2 + ["val_unknown"] * 3
+    events = read_events(tmp_path / "val")
+    by_split: dict[str, set[int]] = {}
+    for event in events:
+        by_split.setdefault(event["split"], set()).add(event["topology"])
+    known = by_split["train"] | by_split["val"] | by_split["test"]
+    assert known == {0, 1}
+    assert by_split["test_unknown"] == {2, 3}
+    assert by_split["val_unknown"] == {4, 5, 6}
 
 
 def test_lab_frame_keeps_the_stored_momenta(hepmc_files, simulated, tmp_path):
