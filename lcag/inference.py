@@ -244,8 +244,23 @@ class Reconstructor:
         probabilities ``(N, L, L, C)``, ``mask (N, L)`` and weighted node scores ``(N, 2^L)``;
         ``known (N,)``: whether each event's decoded tree is of a training topology (which
         temperature it takes; all known when ``None``)."""
+        return self._tempered(probs, mask, nodes, known)[2]
+
+    def _tempered(
+        self,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        known: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """The tempered model: pair probabilities ``(N, L, L, C)`` and node scores
+        ``(N, 2^L)`` whose tree scores are the originals over ``t``, and its log-partition
+        ``(N,)``. A tree's probability is its score under these inputs minus the
+        log-partition: both floor a pair probability at the same ``1e-12`` (a score over
+        ``t`` taken from the untempered inputs would not, and at ``t < 1`` put sure trees
+        far below their probability)."""
         hot_probs, hot_nodes = scaled(probs, nodes, self.temperatures(mask, known))
-        return log_partition(hot_probs, mask, node_scores=hot_nodes)
+        return hot_probs, hot_nodes, log_partition(hot_probs, mask, node_scores=hot_nodes)
 
     def temperatures(self, mask: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
         """The temperature of each event ``(N,)`` by its leaf count, ``mask (N, L)``, and
@@ -266,9 +281,9 @@ class Reconstructor:
         ``x (N, L, F)``, the temperature is that of known or of other topologies, by
         whether ``lcag`` is of a training topology; without them, that of known ones."""
         known = None if x is None else self.known_topology(lcag, x, mask)
-        scores = tree_score(lcag, probs, mask, node_scores=nodes)
-        log_z = self.log_partition(probs, mask, nodes, known)
-        return np.exp(np.minimum(scores / self.temperatures(mask, known) - log_z, 0.0))
+        hot_probs, hot_nodes, log_z = self._tempered(probs, mask, nodes, known)
+        scores = tree_score(lcag, hot_probs, mask, node_scores=hot_nodes)
+        return np.exp(np.minimum(scores - log_z, 0.0))
 
     def reconstruct(
         self,
@@ -314,28 +329,40 @@ class Reconstructor:
             decoded = decode(probs, mb, node_scores=nodes, method=method)
             scores = tree_score(decoded, probs, mb, node_scores=nodes)
             known = self.known_topology(decoded, xb, mb)
-            log_z = self.log_partition(probs, mb, nodes, known)
-            beta = 1.0 / self.temperatures(mb, known)
+            hot_probs, hot_nodes, log_z = self._tempered(probs, mb, nodes, known)
+            hot = tree_score(decoded, hot_probs, mb, node_scores=hot_nodes)
             best = lcag_top_k(probs, top_k, mb, node_scores=nodes) if top_k > 1 else None
             for k, event in enumerate(events):
                 real = np.flatnonzero(mb[k])
                 alternatives = ()
                 if best is not None:
+                    one = slice(k, k + 1)
                     alternatives = tuple(
-                        (M[np.ix_(real, real)], _probability(beta[k], score, log_z[k]))
-                        for M, score in best[k]
+                        (
+                            M[np.ix_(real, real)],
+                            _probability(
+                                tree_score(
+                                    M[None],
+                                    hot_probs[one],
+                                    mb[one],
+                                    node_scores=None if hot_nodes is None else hot_nodes[one],
+                                )[0],
+                                log_z[k],
+                            ),
+                        )
+                        for M, _ in best[k]
                     )
                 out[int(event)] = Reconstruction(
                     lcag=decoded[k][np.ix_(real, real)],
                     probs=probs[k][np.ix_(real, real)],
                     score=float(scores[k]),
-                    probability=_probability(beta[k], scores[k], log_z[k]),
+                    probability=_probability(hot[k], log_z[k]),
                     alternatives=alternatives,
                     known_topology=bool(known[k]) if self.catalogue.fitted else None,
                 )
         return [out[i] for i in range(len(x))]
 
 
-def _probability(beta: float, score: float, log_z: float) -> float:
-    """``exp(score / t - log Z_t)``, at most 1 (rounding)."""
-    return float(np.exp(min(beta * score - log_z, 0.0)))
+def _probability(score: float, log_z: float) -> float:
+    """``exp(score_t - log Z_t)`` of a tempered score, at most 1 (rounding)."""
+    return float(np.exp(min(score - log_z, 0.0)))

@@ -100,3 +100,48 @@ def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_p
     flags = [r.known_topology for r in after.reconstruct(events + unseen)]
     assert set(flags) <= {True, False}
     assert any(flags[: len(events)])  # trees of the training topologies are recognised
+
+
+def test_a_sharpening_temperature_never_lowers_the_decoded_trees_probability(checkpoint, tiny_data):
+    """Below t = 1 the likeliest tree gets likelier: the tempered score and the log-partition
+    come from the same tempered inputs (a score over t beside a log-partition of floored
+    tempered probabilities put sure trees near probability 0)."""
+    from lcag import Reconstructor
+    from lcag.data import LCAGDataset
+
+    events = [e["x"] for e in LCAGDataset(tiny_data, "test").__getitems__(range(0, 600, 15))]
+    reco = Reconstructor.from_checkpoint(checkpoint)
+    reco.temperature = np.ones((2, 11))
+    plain = reco.reconstruct(events, top_k=3)
+    reco.temperature = np.full((2, 11), 0.1)
+    sharp = reco.reconstruct(events, top_k=3)
+    for a, b in zip(plain, sharp, strict=True):
+        np.testing.assert_array_equal(a.lcag, b.lcag)
+        assert b.probability >= a.probability - 1e-9
+        assert b.alternatives[0][1] == pytest.approx(b.probability)
+        if len(a.alternatives) > 1 and a.alternatives[0][1] >= 2 * a.alternatives[1][1]:
+            assert b.probability > 0.9  # odds of 2 or more to the next tree: 1024 at t = 0.1
+        assert sum(p for _, p in b.alternatives) <= 1 + 1e-9
+
+
+def test_tempered_probability_of_a_tree_the_node_scores_carry(checkpoint):
+    """Node scores can carry a tree whose pairs the pair scores doubt: at t = 0.1 its doubted
+    pairs (probability 1e-3, 1e-30 tempered) must count as the log-partition counts them."""
+    from lcag import Reconstructor
+    from lcag.matrix import tree_to_lcag
+    from lcag.tree import DecayTree
+
+    truth = tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3))))[None]
+    probs = np.full((1, 4, 4, 3), 0.5)
+    probs[0, :, :, 0] = 1e-3  # class 0 (the diagonal) never matters
+    probs[0, 0, 1, :] = probs[0, 1, 0, :] = [1e-3, 1e-3, 1 - 2e-3]  # doubts (0, 1) as a pair
+    nodes = np.zeros((1, 16))
+    nodes[0, [0b0011, 0b1100]] = 40.0  # sure of {0, 1} and {2, 3}
+    reco = Reconstructor.from_checkpoint(checkpoint)
+    mask = np.ones((1, 4), dtype=bool)
+    reco.temperature = np.ones((2, 11))
+    at_one = reco.tree_probability(truth, probs, mask, nodes)[0]
+    reco.temperature = np.full((2, 11), 0.1)
+    sharp = reco.tree_probability(truth, probs, mask, nodes)[0]
+    assert at_one > 0.99
+    assert sharp >= at_one
