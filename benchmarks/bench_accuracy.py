@@ -92,6 +92,14 @@ def time_budget(minutes: float, clock: str = "wall", anneal: bool = True) -> pl.
             if self.fraction() >= 1.0:
                 trainer.should_stop = True
 
+        def on_validation_start(self, *args: object) -> None:
+            self.validation_start = read()
+
+        def on_validation_end(self, *args: object) -> None:
+            self.validation_seconds += read() - self.validation_start
+
+        validation_seconds = 0.0  # of the budget's clock, spent validating
+
     return TimeBudget()
 
 
@@ -106,6 +114,7 @@ def train_and_test(
     extra_callbacks: list[pl.Callback] | None = None,
     composition: bool = True,
     anneal: bool = True,
+    val_events: int = 1000,
 ) -> dict:
     import lightning.pytorch as pl
 
@@ -128,20 +137,22 @@ def train_and_test(
         tree_loss_weight=tree_loss,
         mass_prior_composition=composition,
     )
-    # 1,000 events of each validation split (known, unseen topologies): the grid of node
+    # val_events of each validation split (known, unseen topologies): the grid of node
     # weights and head shares is decoded on every one after every epoch, inside the budget
-    dm = LCAGDataModule(str(data), batch_size=64, eval_batch_size=512, max_eval_events=1000)
+    dm = LCAGDataModule(
+        str(data), batch_size=64, eval_batch_size=512, max_eval_events=val_events
+    )
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=out / name, monitor="val/score", mode="max", filename="best"
     )
-    limit = time_budget(minutes, budget, anneal)
+    budget_clock = time_budget(minutes, budget, anneal)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=1000,
         callbacks=[
             checkpoint,
             TreeCalibration(),
-            limit,
+            budget_clock,
             *(extra_callbacks or []),
         ],
         logger=pl.loggers.CSVLogger(out, name=name),
@@ -156,6 +167,7 @@ def train_and_test(
     best = LCAGModule.from_checkpoint(checkpoint.best_model_path)
     pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(best, dm_test)
     result = {"model": name, "epochs": trainer.current_epoch, "seconds": trained, "budget": budget}
+    result["validation_seconds"] = budget_clock.validation_seconds
     result["node_weight"] = float(best.node_weight)
     result["head_share"] = float(best.evidence.head_share)
     result["mass_prior_bins"] = len(best.mass_prior.edges) - 1
@@ -206,6 +218,10 @@ def main() -> None:
     parser.add_argument(
         "--constant-lr", action="store_true", help="no cosine decay of the rate over the budget"
     )
+    parser.add_argument(
+        "--val-events", type=int, default=1000,
+        help="events of each validation split (val, val_unknown) decoded after every epoch",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = make_data(args.out, args.data_config)
@@ -220,6 +236,7 @@ def main() -> None:
             args.budget,
             composition=not args.no_composition,
             anneal=not args.constant_lr,
+            val_events=args.val_events,
         )
         for n in args.models
     ]
@@ -244,6 +261,8 @@ def main() -> None:
                       f"(composition, bin) pairs {r['compositions']:,}, "
                       f"node weight {r['node_weight']:g}, "
                       f"head share {r['head_share']:g}")  # fmt: skip
+                print(f"{r['model']:<18} {r['epochs']} epochs; validation took "
+                      f"{r['validation_seconds']:.0f} s of the {r['budget']} budget")  # fmt: skip
             print(f"{r['model']:<18} {label:<8} ECE of the full method's probabilities: "
                   f"{r[f'{subset}/ece']:.3f}")  # fmt: skip
     print(f"{'paper (Kahn 2022)':<18} {'known':<8} {'-':<8} {PAPER[6]:>10.1%} {PAPER[10]:>11.1%}")
