@@ -9,7 +9,8 @@ same seed for the same epochs, with real Lightning Trainers in 4 CPU processes (
 - ``DDP``: Lightning's DDPStrategy; its gradient all-reduce is torch's reference
   ``allreduce_hook`` wrapped to count calls and bytes (Lightning attaches DDP hooks on CUDA
   only, so a subclass attaches it here);
-- ``HierarchicalDDP``: ``max_skip=4``, 1 warm-up and 1 cool-down epoch, ``ranks_per_node=2``.
+- ``HierarchicalDDP``: ``max_skip=4``, ``--warmup-epochs`` and ``--cooldown-epochs`` blocking
+  epochs (1 each by default; 0 and 0 show ``k = 4`` throughout), ``ranks_per_node=2``.
 
 Both run with ``forward_sync_buffers=False`` (lcag's buffers are equal on every rank; DDP's
 default would broadcast them at every forward pass, more bytes than the gradients here, on top
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD, PER_NODE = 4, 2
 
 
-def _strategies(name: str):
+def _strategies(name: str, warmup: int = 1, cooldown: int = 1):
     import torch.distributed as dist
     from lightning.pytorch.strategies import DDPStrategy
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -56,8 +57,8 @@ def _strategies(name: str):
     if name == "HierarchicalDDP":
         return HierarchicalDDP(
             max_skip=4,
-            warmup_epochs=1,
-            cooldown_epochs=1,
+            warmup_epochs=warmup,
+            cooldown_epochs=cooldown,
             ranks_per_node=PER_NODE,
             timeout=timeout,
         )
@@ -81,7 +82,9 @@ def _strategies(name: str):
     return CountingDDP(timeout=timeout, **{_FORWARD_SYNC_BUFFERS: False})
 
 
-def _train(name: str, data: str, epochs: int, batch_size: int, out: Path) -> dict:
+def _train(
+    name: str, data: str, epochs: int, batch_size: int, out: Path, blocking: tuple[int, int]
+) -> dict:
     import lightning.pytorch as pl
     import torch
 
@@ -96,7 +99,7 @@ def _train(name: str, data: str, epochs: int, batch_size: int, out: Path) -> dic
     dm = LCAGDataModule(
         data, batch_size=batch_size, eval_batch_size=config["data"]["eval_batch_size"]
     )
-    strategy = _strategies(name)
+    strategy = _strategies(name, *blocking)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=WORLD,
@@ -132,7 +135,15 @@ def _train(name: str, data: str, epochs: int, batch_size: int, out: Path) -> dic
     }
 
 
-def _worker(rank: int, data: str, epochs: int, batch_size: int, out: str, port: int) -> None:
+def _worker(
+    rank: int,
+    data: str,
+    epochs: int,
+    batch_size: int,
+    out: str,
+    port: int,
+    blocking: tuple[int, int],
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -145,7 +156,8 @@ def _worker(rank: int, data: str, epochs: int, batch_size: int, out: str, port: 
 
     torch.set_num_threads(1)
     results = [
-        _train(name, data, epochs, batch_size, Path(out)) for name in ("DDP", "HierarchicalDDP")
+        _train(name, data, epochs, batch_size, Path(out), blocking)
+        for name in ("DDP", "HierarchicalDDP")
     ]
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(results))
     torch.distributed.destroy_process_group()
@@ -162,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="a dataset made from configs/data/tiny.yaml")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16, help="per rank")
+    parser.add_argument(
+        "--warmup-epochs", type=int, default=1, help="HierarchicalDDP's blocking warm-up"
+    )
+    parser.add_argument(
+        "--cooldown-epochs", type=int, default=1, help="HierarchicalDDP's blocking cool-down"
+    )
     args = parser.parse_args(argv)
     import torch.multiprocessing as mp
 
@@ -179,7 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         mp.start_processes(
             _worker,
-            args=(str(data), args.epochs, args.batch_size, tmp, _free_port()),
+            args=(
+                str(data),
+                args.epochs,
+                args.batch_size,
+                tmp,
+                _free_port(),
+                (args.warmup_epochs, args.cooldown_epochs),
+            ),
             nprocs=WORLD,
             start_method="forkserver",
         )
@@ -193,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         f"tiny Transformer ({ddp['gradient_bytes'] / 1e6:.2f} MB of float32 gradients), "
         f"configs/data/tiny.yaml, {WORLD} gloo processes as {WORLD // PER_NODE} nodes x "
         f"{PER_NODE}, {args.epochs} epochs, batch {args.batch_size} per rank, "
-        f"{ddp['optimizer_steps']} optimizer steps"
+        f"{ddp['optimizer_steps']} optimizer steps; HierarchicalDDP max_skip 4, "
+        f"{args.warmup_epochs} warm-up and {args.cooldown_epochs} cool-down epochs"
     )
     header = (
         f"{'strategy':<17}{'global all-reduces':>19}{'MB across nodes':>17}"

@@ -215,7 +215,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     shuffled; the order depends on ``seed`` and the epoch (``set_epoch``). Under
     ``torch.distributed`` each rank takes every ``world``-th batch; when shuffling (training)
     the list is first padded by repetition so all ranks run the same number of steps, and
-    without shuffling (evaluation) every event is seen exactly once.
+    without shuffling (evaluation) every event is seen exactly once; a small evaluation split
+    with fewer batches than ranks has its largest batches halved until every rank has one
+    (Lightning refuses a rank without batches).
     """
 
     def __init__(
@@ -256,6 +258,8 @@ class BucketBatchSampler(Sampler[list[int]]):
             if self.shuffle:  # training: equal step counts on every rank, padded by repetition
                 total = -(-len(batches) // world) * world
                 batches = (batches * (total // max(len(batches), 1) + 1))[:total]
+            else:
+                batches = _at_least(batches, world)
             batches = batches[rank::world]  # evaluation: every event exactly once
         return batches
 
@@ -264,6 +268,20 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+def _at_least(batches: list[list[int]], count: int) -> list[list[int]]:
+    """``batches`` with the largest halved until there are ``count`` (or all hold one event);
+    every event stays in exactly one batch."""
+    batches = list(batches)
+    while len(batches) < count:
+        largest = max(range(len(batches)), key=lambda k: len(batches[k]), default=None)
+        if largest is None or len(batches[largest]) < 2:
+            break
+        batch = batches.pop(largest)
+        half = len(batch) // 2
+        batches[largest:largest] = [batch[:half], batch[half:]]
+    return batches
 
 
 def _rank_and_world() -> tuple[int, int]:

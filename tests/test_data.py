@@ -84,6 +84,22 @@ def test_bucketing_splits_batches_across_ranks(tiny_data, monkeypatch):
     assert covered == set(range(len(dataset)))
 
 
+def test_a_small_evaluation_split_gives_every_rank_a_batch(tiny_data, monkeypatch):
+    """val_unknown of tiny.yaml: 200 events in batches of 512 are 4 batches (one per leaf
+    count); 8 ranks each get one, every event exactly once, batches of one leaf count."""
+    dataset = LCAGDataset(tiny_data, "val_unknown")
+    per_rank = []
+    for rank in range(8):
+        monkeypatch.setattr(lcag.data, "_rank_and_world", lambda rank=rank: (rank, 8))
+        per_rank.append(list(BucketBatchSampler(dataset, 512, shuffle=False)))
+    assert all(len(batches) >= 1 for batches in per_rank)
+    seen = sorted(i for batches in per_rank for b in batches for i in b)
+    assert seen == list(range(len(dataset)))
+    for batches in per_rank:
+        for batch in batches:
+            assert len({len(dataset[i]["x"]) for i in batch}) == 1
+
+
 def test_collate_pads_and_masks(tiny_data):
     dataset = LCAGDataset(tiny_data, "train")
     sizes = {}

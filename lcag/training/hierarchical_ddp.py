@@ -54,9 +54,12 @@ Usage from a config (``lcag fit``)::
 cross-node traffic; plain node-local DDP). Set it to test on one machine, e.g. 4 processes on
 the CPU (gloo) as 2 "nodes" of 2: ``devices: 4, ranks_per_node: 2``.
 
-Limits: automatic optimisation with a finite number of training batches per epoch; the skip
-schedule's plateau state is not saved in checkpoints (a resumed run restarts at ``max_skip``
-after its warm-up epochs); checkpoints hold global rank 0's optimizer state; a checkpoint
+The skip schedule's plateau state (``k``, the best validation loss, validations since it) is
+saved in every checkpoint (key ``hierarchical_ddp_schedule``) and restored when a fit resumes
+from one, so a resumed run continues at the ``k`` it had.
+
+Limits: automatic optimisation with a finite number of training batches per epoch;
+checkpoints hold global rank 0's optimizer state; a checkpoint
 written while the nodes have diverged synchronises them first, so every rank must save it
 (as :class:`~lightning.pytorch.callbacks.ModelCheckpoint` and ``Trainer.save_checkpoint`` do).
 """
@@ -82,6 +85,7 @@ from lcag.errors import ConfigError
 __all__ = ["CommStats", "HierarchicalDDP", "SkipSchedule"]
 
 # torch 2.13 renamed DDP's broadcast_buffers (forward passes; both sync at initialisation)
+SCHEDULE_KEY = "hierarchical_ddp_schedule"  # the skip schedule's state in a checkpoint
 _FORWARD_SYNC_BUFFERS = (
     "forward_sync_buffers"
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
@@ -168,6 +172,12 @@ class SkipSchedule:
 
     def state_dict(self) -> dict[str, Any]:
         return {"skip": self.skip, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s state (a ``k`` above ``max_skip`` is capped)."""
+        self.skip = max(1, min(int(state["skip"]), self.max_skip))
+        self.best = float(state["best"])
+        self.bad = int(state["bad"])
 
 
 @dataclass
@@ -490,6 +500,21 @@ class HierarchicalDDP(DDPStrategy):
             self.synchronize_parameters()
         self._log_stats()
         super().on_train_end()
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+    ) -> None:
+        """Save with the skip schedule's state (:data:`SCHEDULE_KEY`)."""
+        checkpoint = {**checkpoint, SCHEDULE_KEY: self.schedule.state_dict()}
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Load, and continue the skip schedule where the checkpoint left it."""
+        checkpoint = super().load_checkpoint(checkpoint_path, *args, **kwargs)
+        state = checkpoint.get(SCHEDULE_KEY)
+        if state is not None:
+            self.schedule.load_state_dict(state)
+        return checkpoint
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         if self._params_diverged:  # a checkpoint holds the weights every rank agrees on

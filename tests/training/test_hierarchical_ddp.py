@@ -19,7 +19,12 @@ import pytest
 import torch
 
 from lcag.errors import ConfigError
-from lcag.training.hierarchical_ddp import SkipSchedule, ranks_per_node_from_environment
+from lcag.training.hierarchical_ddp import (
+    SCHEDULE_KEY,
+    HierarchicalDDP,
+    SkipSchedule,
+    ranks_per_node_from_environment,
+)
 
 WORLD, PER_NODE = 4, 2
 BATCH, STEPS = 4, 8  # per rank: 8 optimizer steps per epoch
@@ -262,6 +267,12 @@ def test_schedule_warmup_skipping_cooldown_and_checkpoint(runs):
     for rank in range(WORLD):
         assert _close(sched[rank]["before"][10], saved)
     assert runs[0]["schedule"]["stats"]["control_bytes"] > 0  # the plateau test heard val/loss
+    # the skip schedule's state travels in the checkpoint, and a strategy loading it resumes it
+    assert ckpt[SCHEDULE_KEY]["skip"] == 4
+    resumed = HierarchicalDDP(max_skip=4, warmup_epochs=1, cooldown_epochs=1, ranks_per_node=2)
+    resumed.schedule.skip = 1
+    resumed.load_checkpoint(runs[0]["dir"] / "ckpt" / "step=10.ckpt")
+    assert resumed.schedule.state_dict() == ckpt[SCHEDULE_KEY]
     # sync_buffers: a buffer set to each rank's number at epoch 1's start is rank 0's
     # everywhere after the first synchronisation (the checkpoint's, after step 10)
     for rank in range(WORLD):
@@ -293,6 +304,18 @@ def test_skip_schedule_warmup_plateaus_reset_and_cooldown():
     assert not s.record(9.0, 11, 12)
     assert s.skip == 4
     assert s.skip_for_epoch(500, None) == 4  # no max_epochs: no cool-down
+
+
+def test_skip_schedule_state_round_trips():
+    s = SkipSchedule(max_skip=8, warmup_epochs=0, cooldown_epochs=0, patience=1)
+    s.record(1.0, 0, None)
+    s.record(2.0, 1, None)  # a plateau: 8 -> 4
+    copy = SkipSchedule(max_skip=8, warmup_epochs=0, cooldown_epochs=0, patience=1)
+    copy.load_state_dict(s.state_dict())
+    assert copy.state_dict() == s.state_dict() == {"skip": 4, "best": 1.0, "bad": 0}
+    smaller = SkipSchedule(max_skip=2)
+    smaller.load_state_dict(s.state_dict())
+    assert smaller.skip == 2  # capped at this run's max_skip
 
 
 def test_skip_schedule_halves_down_from_an_odd_maximum_and_validates_its_arguments():
