@@ -75,13 +75,20 @@ def test_subset_head_is_permutation_equivariant_over_subsets():
     assert torch.allclose(got[:, new_bits], head(leaves, members, kinematic), atol=1e-6)
 
 
-def test_an_untrained_residual_head_gives_the_mass_prior():
-    rng = np.random.default_rng(0)
+def four_leaf_events(seed: int, count: int = 30) -> list[dict]:
+    """Events of four unit-mass leaves with random momenta, all of the tree ((0, 1), (2, 3))."""
+    rng = np.random.default_rng(seed)
+    lcag = tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3))))
     events = []
-    for _ in range(30):
+    for _ in range(count):
         p = rng.normal(size=(4, 3))
         x = np.concatenate([p, np.sqrt((p**2).sum(1, keepdims=True) + 1.0)], axis=1)
-        events.append({"x": x, "target": tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3))))})
+        events.append({"x": x, "target": lcag})
+    return events
+
+
+def test_an_untrained_residual_head_gives_the_mass_prior():
+    events = four_leaf_events(seed=0)
     prior = MassPrior.fit(events, n_bins=20)
     evidence = NodeEvidence("subset_head", leaf_dim=8, n_bins=20)
     evidence.set_prior(prior)
@@ -117,12 +124,7 @@ def test_head_loss_trains_towards_the_true_nodes():
 
 
 def test_head_share_blends_the_heads_correction_into_the_prior():
-    rng = np.random.default_rng(1)
-    events = []
-    for _ in range(30):
-        p = rng.normal(size=(4, 3))
-        x = np.concatenate([p, np.sqrt((p**2).sum(1, keepdims=True) + 1.0)], axis=1)
-        events.append({"x": x, "target": tree_to_lcag(DecayTree.from_nested(((0, 1), (2, 3))))})
+    events = four_leaf_events(seed=1)
     evidence = NodeEvidence("subset_head", leaf_dim=8, n_bins=20)
     evidence.set_prior(MassPrior.fit(events, n_bins=20))
     torch.nn.init.normal_(evidence.head.mlp[-1].weight)  # a head that corrects the prior
