@@ -181,6 +181,7 @@ class LCAGModule(pl.LightningModule):
             }
         )
         self.results: dict[str, dict[str, Any]] = {}
+        self._selection: dict[str, torch.Tensor] = {}  # val/score and the chosen weights
 
     # ------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
