@@ -25,6 +25,7 @@ from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import (
     NodeEvidence,
     NodeEvidenceKind,
+    blend,
     true_nodes,
     upgrade_state_dict,
 )
@@ -356,7 +357,7 @@ class LCAGModule(pl.LightningModule):
         def decoded(weight: float, share: float) -> torch.Tensor:
             if full is None or weight == 0:
                 return pair_only
-            nodes = full if prior is None or share == 1.0 else prior + share * (full - prior)
+            nodes = full if prior is None else blend(prior, full, share)
             return torch.from_numpy(decode(probs, mask_np, node_scores=weight * nodes)).to(
                 logits.device
             )

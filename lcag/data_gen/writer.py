@@ -437,9 +437,6 @@ def claim_directory(
             )
         _remove_dataset(out)
         write_unique(state_file, text)
-    for split in SPLITS:
-        if split != "val_unknown" or config.get("topologies", {}).get("val_unknown", 0):
-            (out / split).mkdir(exist_ok=True)
     if shards is None:
         for split in SPLITS:
             for leftover in (out / split).glob(f"*{TMP_SUFFIX}*"):
@@ -595,7 +592,7 @@ def publish_shard(
     import h5py
 
     tmp = path.with_name(path.name + f"{TMP_SUFFIX}-{os.getpid()}")
-    path.parent.mkdir(exist_ok=True)  # a split only some datasets have (val_unknown)
+    path.parent.mkdir(exist_ok=True)  # a split's folder appears with its first shard
     total = np.zeros(len(FEATURES))
     squares = np.zeros(len(FEATURES))
     leaves = 0

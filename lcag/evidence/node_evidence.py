@@ -37,7 +37,7 @@ from lcag.evidence.subsets import (
 from lcag.evidence.topologies import TopologyCatalogue
 from lcag.models.subset_head import SubsetHead
 
-__all__ = ["NODE_EVIDENCE_KINDS", "NodeEvidence", "true_nodes", "upgrade_state_dict"]
+__all__ = ["NODE_EVIDENCE_KINDS", "NodeEvidence", "blend", "true_nodes", "upgrade_state_dict"]
 
 NODE_EVIDENCE_KINDS = ("subset_head", "mass_prior", "none")
 NodeEvidenceKind = Literal["subset_head", "mass_prior", "none"]
@@ -193,14 +193,15 @@ class NodeEvidence(nn.Module):
         correction to it, ``prior + a * (head - prior)`` (see :meth:`node_logits`)."""
         if not self.applies(x.shape[1]):
             return None
+        share = float(self.head_share) if head_share is None else float(head_share)
+        if self.head is not None and share == 0.0:  # the prior alone: no head to run
+            return self.prior_scores(x, mask)
         with torch.no_grad():
             logits, _ = self.node_logits(x, mask, leaves)
         full = logits.double().cpu().numpy()
-        share = float(self.head_share) if head_share is None else float(head_share)
         if self.head is None or share == 1.0:
             return full
-        prior = self.prior_scores(x, mask)
-        return prior + share * (full - prior)
+        return blend(self.prior_scores(x, mask), full, share)
 
     def loss(
         self,
@@ -234,6 +235,16 @@ class NodeEvidence(nn.Module):
             is_node = is_node[:, columns.to(is_node.device)]
         bce = F.binary_cross_entropy_with_logits(logits[candidates], is_node[candidates])
         return bce, (logits if columns is None else None)
+
+
+def blend(prior: np.ndarray, head: np.ndarray, share: float) -> np.ndarray:
+    """Node scores ``(N, 2^L)`` keeping ``share`` of the subset head's correction to the
+    prior: ``prior + share * (head - prior)`` (``prior`` itself at 0, ``head`` at 1)."""
+    if share == 0.0:
+        return prior
+    if share == 1.0:
+        return head
+    return prior + share * (head - prior)
 
 
 def true_nodes(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
