@@ -307,9 +307,12 @@ def permute(matrix: np.ndarray, order: np.ndarray | Sequence[int]) -> np.ndarray
     L = M.shape[-1]
     if M.ndim not in (2, 3) or M.shape[-2] != L:
         raise InvalidInputError(f"matrix: expected (L, L) or (N, L, L), got shape {M.shape}")
-    if M.ndim == 2 and idx.ndim == 2:
-        M = np.broadcast_to(M, (idx.shape[0], L, L))
-    if idx.shape[-1:] != (L,) or idx.ndim > M.ndim - 1 or not np.issubdtype(idx.dtype, np.integer):
+    if (
+        idx.shape[-1:] != (L,)
+        or idx.ndim > 2
+        or (idx.ndim == 2 and M.ndim == 3 and len(idx) != len(M))
+        or not np.issubdtype(idx.dtype, np.integer)
+    ):
         raise InvalidInputError(
             f"order: expected integer shape ({L},) or (N, {L}) for matrix {M.shape}, "
             f"got {idx.shape} {idx.dtype}"
@@ -318,6 +321,8 @@ def permute(matrix: np.ndarray, order: np.ndarray | Sequence[int]) -> np.ndarray
         raise InvalidInputError(f"order: not a permutation of 0..{L - 1}")
     if idx.ndim == 1:
         return M[..., idx[:, None], idx[None, :]]
+    if M.ndim == 2:  # one matrix for every event: a single gather, no (N, L, L) copy first
+        return M[idx[:, :, None], idx[:, None, :]]
     rows = np.take_along_axis(M, idx[:, :, None], axis=1)
     return np.take_along_axis(rows, idx[:, None, :], axis=2)
 

@@ -128,20 +128,19 @@ class NBodyEngine:
             return self.raw(ratios, rng)[0]
         out = np.empty((R, n, 4))
         pending = np.arange(R)
-        copies = 1
         while pending.size:
-            # Several independent tries per pending row: the first accepted one is an
-            # accept-reject draw, and the tries fill phasespace's fixed-size chunks.
-            copies = max(copies, self.chunk_size // pending.size)
-            copies = min(copies, max(1, _MAX_ROWS_PER_PASS // pending.size))
-            rows = np.repeat(pending, copies)
+            # One try per pending row, and the rest of the last phasespace chunk filled with
+            # more tries of the first rows: every try is used or spent on a row still pending,
+            # so about R / acceptance decays are made. A row takes its first accepted try.
+            total = min(-(-pending.size // self.chunk_size) * self.chunk_size, _MAX_ROWS_PER_PASS)
+            total = max(total, pending.size)
+            copies, extra = divmod(total, pending.size)
+            rows = np.concatenate([np.repeat(pending, copies), pending[:extra]])
             momenta, weights = self.raw(ratios[rows], rng)
             accepted = np.flatnonzero(rng.random(rows.size) * ceiling[rows] < weights)
             done, first = np.unique(rows[accepted], return_index=True)
             out[done] = momenta[accepted[first]]
             pending = np.setdiff1d(pending, done, assume_unique=True)
-            rate = max(accepted.size / rows.size, 1e-3)
-            copies = int(np.ceil(3.0 / rate))
         return out
 
     def raw(self, ratios: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

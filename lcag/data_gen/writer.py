@@ -286,11 +286,19 @@ def _write_shards(
     done_events = sum(p.n_events for p in plans) - sum(p.n_events for p in pending)
     pool = None
     if workers > 1 and pending:
-        # Workers start (TensorFlow import, tracing) while this process estimates weights.
+        # One worker estimates the weight maxima while the others start (TensorFlow import,
+        # tracing); this process never loads TensorFlow, which saves its memory.
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        for _ in range(workers):
+        estimate = pool.submit(_ceilings, cfg, topologies) if cfg.kinematics.unweight else None
+        for _ in range(workers - 1):
             pool.submit(_warm_up)
-    ceilings = _ceilings(cfg, topologies) if pending and cfg.kinematics.unweight else None
+        try:
+            ceilings = None if estimate is None else estimate.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    else:
+        ceilings = _ceilings(cfg, topologies) if pending and cfg.kinematics.unweight else None
     with _ProgressBar(progress, sum(p.n_events for p in plans), done_events) as advance:
         tasks = [(cfg, table, ceilings, out, plan) for plan in pending]
         if pool is None:
@@ -695,7 +703,7 @@ def _shuffled(
     n_extra = 0 if extra is None else extra.shape[1]
     n = L + n_extra
     features = leaves if extra is None else np.concatenate([leaves, extra], axis=1)
-    full = np.zeros((n, n), dtype=np.int64)
+    full = np.zeros((n, n), dtype=np.int8)  # LCAG classes fit int8, as on disk
     full[:L, :L] = base_lcag
     source = np.concatenate([np.arange(L), np.full(n_extra, -1)])  # topology leaf or -1
     order = np.argsort(rng.random((E, n)), axis=1)  # event leaf k <- unshuffled leaf order[k]
