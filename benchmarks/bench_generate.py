@@ -4,7 +4,8 @@ Run: ``python benchmarks/bench_generate.py [--workers 2] [--topologies 40]``
 
 1. ``configs/data/paper.yaml`` with fewer topologies and events, through the real command with
    ``--workers N``, at two sizes 10x apart: events/s (wall clock, start-up included) and the
-   peak resident memory of the whole process tree (main + workers, sampled every 50 ms).
+   peak resident memory of the whole process tree (main + workers, sampled every 50 ms); from
+   the two sizes, the marginal rate and the start-up (the 1x run less its events at that rate).
 2. The straightforward way, for comparison: one phasespace ``GenParticle`` tree per topology
    and split, one ``generate`` call each (what the paper's code does), on a few topologies.
 """
@@ -110,9 +111,17 @@ def main() -> None:
         f"{psutil.cpu_count()} cores"
     )
     print(f"{'run':<28} {'events':>9} {'seconds':>8} {'events/s':>9} {'peak RSS':>9}")
+    runs = []
     for label, events in (("lcag-generate (1x)", small), ("lcag-generate (10x)", large)):
         n, seconds, rss = run_generate(scaled_config(args.topologies, events), args.workers)
+        runs.append((n, seconds))
         print(f"{label:<28} {n:>9,} {seconds:>8.1f} {n / seconds:>9,.0f} {rss:>8.0f}M")
+    (n1, t1), (n10, t10) = runs
+    rate = (n10 - n1) / (t10 - t1)
+    print(
+        f"# marginal rate (10x - 1x) {rate:,.0f} events/s, start-up (1x less its events at that "
+        f"rate) {t1 - n1 / rate:.1f} s"
+    )
     n, seconds = plain_loop(args.plain_topologies, small)
     print(f"{'plain phasespace loop':<28} {n:>9,} {seconds:>8.1f} {n / seconds:>9,.0f}        -")
     print(f"# plain loop: {args.plain_topologies} topologies x (train, val, test), one process")
