@@ -14,13 +14,19 @@ from typing import Any, Literal
 from lcag.errors import ConfigError
 
 __all__ = [
+    "BeamBackground",
+    "ClusterResponse",
     "DecFileChains",
+    "Detector",
     "Events",
     "GenerationConfig",
     "Kinematics",
     "Output",
+    "PIDResponse",
     "RandomTopologies",
+    "Stages",
     "Topologies",
+    "TrackResponse",
     "dataset_splits",
     "load_config",
 ]
@@ -109,6 +115,112 @@ class Kinematics:
     background_masses: list[float] | None = None  # default: the final-state masses
 
 
+# ----------------------------------------------------------------------- detector response
+# Defaults: the Belle detector's published performance (A. Abashian et al., "The Belle
+# detector", Nucl. Instrum. Meth. A 479 (2002) 117), the reference Belle II's design report
+# (T. Abe et al., arXiv:1011.0352) improves on: CDC sigma(pT)/pT = 0.19 % pT [GeV] (+) 0.30 %
+# / beta; ECL sigma(E)/E = 0.066 % / E (+) 0.81 % / E^(1/4) (+) 1.34 %, which a / sqrt(E) + b
+# with a = 0.0022 GeV^(1/2), b = 0.0134 follows within 0.04 % (absolute) from 0.1 to 5 GeV
+# (least-squares fit).
+# Angular resolutions, efficiencies, thresholds, PID response and beam background are
+# round, illustrative values of the right order, not fits to published figures.
+@dataclass
+class TrackResponse:
+    """Charged tracks (e, mu, pi, K, p): momentum from the curvature, angles from the hits.
+
+    ``sigma(pT) / pT = a * pT (+) b / beta`` (added in quadrature; ``pt_resolution = [a, b]``,
+    ``pT`` in GeV, ``beta`` of the true particle), Gaussian smearing of polar and azimuthal
+    angle by ``angle_resolution`` (rad); the energy follows from the true particle's mass.
+    A track is found with probability ``efficiency`` when its true ``pT >= min_pt``, never
+    below.
+    """
+
+    pt_resolution: list[float] = field(default_factory=lambda: [0.0019, 0.0030])
+    angle_resolution: float = 0.001
+    efficiency: float = 0.95
+    min_pt: float = 0.05
+
+
+@dataclass
+class ClusterResponse:
+    """Calorimeter clusters: ``sigma(E) / E = a / sqrt(E) + b`` (``energy_resolution =
+    [a, b]``, E in GeV), Gaussian angles (rad), found with ``efficiency`` when the true
+    energy is at least ``min_energy``. The momentum follows from the energy and the mass."""
+
+    energy_resolution: list[float] = field(default_factory=lambda: [0.0022, 0.0134])
+    angle_resolution: float = 0.01
+    efficiency: float = 0.95
+    min_energy: float = 0.02
+
+
+def _neutral_hadrons() -> ClusterResponse:
+    return ClusterResponse(
+        energy_resolution=[0.5, 0.1], angle_resolution=0.05, efficiency=0.5, min_energy=0.2
+    )
+
+
+@dataclass
+class PIDResponse:
+    """Particle identification of tracks: ``response[s][h]`` is the probability that a track
+    of true species ``s`` is identified as ``h``, species and hypotheses in the order
+    e, mu, pi, K, p (rows sum to 1). Each track gets five likelihood ratios (the leaf
+    features ``pid_e .. pid_p``, summing to 1): ``softmax(log(response[s]) + Gumbel noise)``,
+    whose largest entry is ``h`` with exactly that probability."""
+
+    response: list[list[float]] = field(
+        default_factory=lambda: [
+            [0.95, 0.01, 0.03, 0.005, 0.005],
+            [0.01, 0.90, 0.08, 0.005, 0.005],
+            [0.01, 0.03, 0.92, 0.03, 0.01],
+            [0.005, 0.005, 0.08, 0.88, 0.03],
+            [0.005, 0.005, 0.03, 0.06, 0.90],
+        ]
+    )
+
+
+@dataclass
+class BeamBackground:
+    """Leaves from outside the tree (LCAG/LCAS class 0), Poisson-distributed per event:
+    photons with ``E = min_energy + Exp(photon_energy)`` and pion tracks of either charge
+    with ``pT = min_pt + Exp(track_pt)``, isotropic, as measured (thresholds of the tracks'
+    and photons' responses)."""
+
+    photons: float = 0.0  # Poisson mean per event
+    photon_energy: float = 0.1  # GeV, mean above the threshold
+    tracks: float = 0.0
+    track_pt: float = 0.2  # GeV, mean above the threshold
+
+
+@dataclass
+class Detector:
+    """A detector response per particle species (decay-table sources only: it reads each
+    leaf's PDG id). An event is kept only when every leaf of its tree is reconstructed
+    (efficiency and thresholds); lost events are replaced by new ones, so each topology keeps
+    its configured event count and the kept events are those a full reconstruction sees.
+    Leaves get features beyond ``(px, py, pz, E)``: ``charge``, ``is_photon`` and the PID
+    likelihood ratios ``pid_e, pid_mu, pid_pi, pid_K, pid_p`` (0 for neutral leaves)."""
+
+    tracks: TrackResponse = field(default_factory=TrackResponse)
+    photons: ClusterResponse = field(default_factory=ClusterResponse)
+    neutral_hadrons: ClusterResponse = field(default_factory=_neutral_hadrons)  # K_L0, n
+    pid: PIDResponse = field(default_factory=PIDResponse)
+    background: BeamBackground = field(default_factory=BeamBackground)
+
+
+@dataclass
+class Stages:
+    """LCAS targets: the stage of each pair's lowest common ancestor (Belle II's graFEI).
+
+    ``stages`` maps particle names (decay-table names, charge conjugates included) to stages
+    >= 1; the default is graFEI's: Upsilon(4S) 6, B 5, D* and D_s* 4, D 3 (D_s added here),
+    K_S0 2, pi0 and J/psi 1. Intermediate particles without a stage (rho, K*, eta, ...) are
+    contracted: their children count as children of their parent, so a pair's LCAS is the
+    stage of the lowest *staged* ancestor. The mother needs a stage.
+    """
+
+    stages: dict[str, int] | None = None
+
+
 @dataclass
 class Output:
     dtype: Literal["float32", "float64"] = "float32"
@@ -126,6 +238,8 @@ class GenerationConfig:
     events: Events = field(default_factory=Events)
     kinematics: Kinematics = field(default_factory=Kinematics)
     output: Output = field(default_factory=Output)
+    detector: Detector | None = None
+    lcas: Stages | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -137,6 +251,9 @@ class GenerationConfig:
         data = dataclasses.asdict(self)
         if self.topologies.val_unknown == 0:
             del data["topologies"]["val_unknown"], data["events"]["val_unknown"]
+        for key in ("detector", "lcas"):  # likewise for configs without these sections
+            if data[key] is None:
+                del data[key]
         return data
 
 
@@ -210,6 +327,13 @@ def _coerce(hint: Any, value: Any, where: str, file: str) -> Any:
         if value not in args:
             raise ConfigError(f"{file}: {where} must be one of {list(args)}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: {where} must be a mapping, got {value!r}")
+        return {
+            _coerce(args[0], k, f"{where} key", file): _coerce(args[1], v, f"{where}.{k}", file)
+            for k, v in value.items()
+        }
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{file}: {where} must be a list, got {value!r}")
@@ -265,6 +389,61 @@ def _check(cfg: GenerationConfig) -> None:
     if k.background_masses is not None and any(m < 0 for m in k.background_masses):
         raise ConfigError(f"kinematics.background_masses = {k.background_masses}: negative mass")
     _at_least("output.events_per_shard", cfg.output.events_per_shard, 1)
+    if cfg.detector is not None:
+        _check_detector(cfg)
+    if cfg.lcas is not None:
+        if cfg.decfile is None:
+            raise ConfigError("lcas: stages come from particle names; use a 'decfile' source")
+        for name, stage in (cfg.lcas.stages or {}).items():
+            if stage < 1:
+                raise ConfigError(f"lcas.stages.{name} = {stage}: stages start at 1")
+
+
+def _check_detector(cfg: GenerationConfig) -> None:
+    d, k = cfg.detector, cfg.kinematics
+    if cfg.decfile is None:
+        raise ConfigError(
+            "detector: the response depends on each leaf's species (PDG id); use a 'decfile' "
+            "source, or kinematics.momentum_resolution for random topologies"
+        )
+    if k.momentum_resolution > 0 or k.background_mean > 0:
+        raise ConfigError(
+            "detector and kinematics.momentum_resolution / background_mean both set: the "
+            "detector section replaces them (detector.tracks, detector.background)"
+        )
+    pairs = [("tracks.pt_resolution", d.tracks.pt_resolution)]
+    pairs += [(f"{n}.energy_resolution", getattr(d, n).energy_resolution)
+              for n in ("photons", "neutral_hadrons")]  # fmt: skip
+    for key, values in pairs:
+        if len(values) != 2 or any(v < 0 for v in values):
+            raise ConfigError(f"detector.{key} = {values}: expected [a, b], both >= 0")
+    for name in ("tracks", "photons", "neutral_hadrons"):
+        part = getattr(d, name)
+        if not 0 < part.efficiency <= 1:
+            raise ConfigError(
+                f"detector.{name}.efficiency = {part.efficiency}: expected 0 < value <= 1"
+            )
+        if part.angle_resolution < 0:
+            raise ConfigError(f"detector.{name}.angle_resolution = {part.angle_resolution}: < 0")
+    if d.tracks.min_pt < 0 or d.photons.min_energy < 0 or d.neutral_hadrons.min_energy < 0:
+        raise ConfigError("detector: thresholds (min_pt, min_energy) must be >= 0")
+    response = d.pid.response
+    if len(response) != 5 or any(len(row) != 5 for row in response):
+        raise ConfigError(
+            "detector.pid.response: expected 5 rows of 5 (true e, mu, pi, K, p x identified as)"
+        )
+    for i, row in enumerate(response):
+        if any(v < 0 for v in row) or abs(sum(row) - 1) > 1e-6:
+            raise ConfigError(
+                f"detector.pid.response[{i}] = {row}: probabilities >= 0 summing to 1"
+            )
+    b = d.background
+    for key in ("photons", "photon_energy", "tracks", "track_pt"):
+        if getattr(b, key) < 0 or (key.endswith(("energy", "pt")) and getattr(b, key) == 0):
+            raise ConfigError(
+                f"detector.background.{key} = {getattr(b, key)}: means must be >= 0 "
+                "(spectra > 0)"
+            )
 
 
 def _check_random(r: RandomTopologies) -> None:

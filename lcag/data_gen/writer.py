@@ -50,15 +50,17 @@ from lcag.data_gen.shards import (
     shard_path,
 )
 from lcag.data_gen.topology import Topology
-from lcag.errors import ConfigError, DatasetError
+from lcag.errors import ConfigError, DatasetError, InvalidInputError
 from lcag.files import TMP_SUFFIX, atomic_write_text
 from lcag.matrix import permute, tree_to_lcag
+from lcag.stages import node_stages, stages_by_name, tree_to_stage_lcas
 
 __all__ = [
     "PartOutcome",
     "ShardPlan",
     "build_topologies",
     "claim_directory",
+    "feature_names",
     "finalize_dataset",
     "generate_dataset",
     "generate_part",
@@ -99,7 +101,41 @@ def build_topologies(cfg: GenerationConfig) -> list[Topology]:
         return sample_random_topologies(cfg.random, count, rng)
     from lcag.data_gen.decfile import sample_decfile_topologies
 
-    return sample_decfile_topologies(cfg.decfile, count, rng)
+    topologies = sample_decfile_topologies(cfg.decfile, count, rng)
+    _check_topologies(cfg, topologies)
+    return topologies
+
+
+def _check_topologies(cfg: GenerationConfig, topologies: Sequence[Topology]) -> None:
+    """Fail before any shard when the detector or the stage map cannot label a topology."""
+    if cfg.detector is not None:
+        from lcag.data_gen.detector import leaf_species
+
+        for topology in topologies:
+            leaf_species(topology)
+    if cfg.lcas is not None:
+        stages = _stage_map(cfg)
+        for k, topology in enumerate(topologies):
+            try:
+                node_stages(topology.tree, stages)
+            except InvalidInputError as exc:
+                raise ConfigError(f"lcas: topology {k}: {exc}") from None
+
+
+def _stage_map(cfg: GenerationConfig) -> dict[int, int]:
+    try:
+        return stages_by_name(cfg.lcas.stages)
+    except InvalidInputError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def feature_names(cfg: GenerationConfig) -> tuple[str, ...]:
+    """The leaf feature columns a generation writes (``px, py, pz, E`` first)."""
+    if cfg.detector is None:
+        return FEATURES
+    from lcag.data_gen.detector import DETECTOR_FEATURES
+
+    return DETECTOR_FEATURES
 
 
 def plan_shards(cfg: GenerationConfig) -> list[ShardPlan]:
@@ -336,7 +372,25 @@ def _manifest_fields(
         "n_classes": _n_classes(cfg, [t.depth for t in topologies]),
         "units": "GeV" if cfg.decfile is not None else "a.u. (the paper's mass units)",
         "dtype": cfg.output.dtype,
+        "features": feature_names(cfg),
+        "extra": _manifest_extra(cfg),
     }
+
+
+def _manifest_extra(cfg: GenerationConfig) -> dict[str, Any]:
+    """Manifest entries of the optional targets: leaf species, LCAS stages."""
+    extra: dict[str, Any] = {}
+    if cfg.detector is not None:
+        from lcag.data_gen.detector import SPECIES
+
+        extra["species"] = list(SPECIES)
+    if cfg.lcas is not None:
+        stages = _stage_map(cfg)
+        extra["lcas"] = {
+            "stages_by_abs_pdg_id": {str(k): v for k, v in sorted(stages.items())},
+            "n_classes": max(stages.values()) + 1,
+        }
+    return extra
 
 
 def _shard_entry(out: Path, plan: ShardPlan) -> dict[str, str]:
@@ -583,7 +637,7 @@ def write_shard(
     )
 
 
-Groups = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+Groups = dict[int, tuple]  # n -> (features, lcag, topology, order[, {name: target}])
 
 
 def publish_shard(
@@ -593,7 +647,8 @@ def publish_shard(
 
     Args:
         groups: leaf count ``n`` -> ``(features (N, n, F), lcag (N, n, n), topology (N,),
-            order (N, n))``.
+            order (N, n))``, optionally with a fifth item, ``{name: int8 array}`` of further
+            targets (``lcas (N, n, n)``, ``species (N, n)``).
         table: the dataset's topology table, stored in every shard.
         dtype: the feature dtype on disk.
     """
@@ -601,19 +656,22 @@ def publish_shard(
 
     tmp = path.with_name(path.name + f"{TMP_SUFFIX}-{os.getpid()}")
     path.parent.mkdir(exist_ok=True)  # a split's folder appears with its first shard
-    total = np.zeros(len(FEATURES))
-    squares = np.zeros(len(FEATURES))
+    width = next(iter(groups.values()))[0].shape[-1] if groups else len(FEATURES)
+    total = np.zeros(width)
+    squares = np.zeros(width)
     leaves = 0
     events = 0
     with h5py.File(tmp, "w") as handle:
         for n in sorted(groups):
-            features, lcag, topology, order = groups[n]
+            features, lcag, topology, order = groups[n][:4]
+            extras = groups[n][4] if len(groups[n]) > 4 else {}
             group = handle.create_group(f"L{n}")
             for name, data, kind in (
                 ("features", features, dtype),
                 ("lcag", lcag, np.int8),
                 ("topology", topology, np.int32),
                 ("order", order, np.int8),
+                *((key, extras[key], np.int8) for key in sorted(extras)),
             ):
                 group.create_dataset(name, data=data.astype(kind), track_times=False)
             stored = features.astype(dtype).astype(np.float64)
@@ -649,46 +707,132 @@ def _shard_events(
     ceilings: Sequence[np.ndarray] | None,
     plan: ShardPlan,
 ) -> Groups:
-    """Events of a shard grouped by leaf count: features, lcag, topology ids, leaf orders."""
+    """Events of a shard grouped by leaf count: features, lcag, topology ids, leaf orders,
+    and the optional targets (``lcas``, ``species``)."""
     from lcag.data_gen.kinematics import add_background, generate_events, smear
 
     engine = _engine()
     cache = _WORKER.setdefault("topologies", {})
     ids = [tid for tid, _ in plan.pieces]
-    keys = {tid: _topology_key(table, tid) for tid in ids}
+    keys = {tid: (_topology_key(table, tid), cfg.lcas is not None) for tid in ids}
     for tid in ids:
         if keys[tid] not in cache:
             topology = table.topology(tid)
-            cache[keys[tid]] = (topology, tree_to_lcag(topology.tree))
+            targets = {"lcag": tree_to_lcag(topology.tree)}
+            if cfg.lcas is not None:
+                targets["lcas"] = tree_to_stage_lcas(topology.tree, _stage_map(cfg))
+            cache[keys[tid]] = (topology, targets)
     topologies = [cache[keys[tid]][0] for tid in ids]
     split_index = SPLITS.index(plan.split)
     rng = np.random.default_rng(
         np.random.SeedSequence(cfg.seed, spawn_key=(SHARD_KEY, split_index, plan.index))
     )
-    blocks = generate_events(
-        topologies,
-        [count for _, count in plan.pieces],
-        rng,
-        engine,
-        cfg.kinematics,
-        None if ceilings is None else [ceilings[tid] for tid in ids],
-    )
+    counts = [count for _, count in plan.pieces]
+    chosen = None if ceilings is None else [ceilings[tid] for tid in ids]
+    if cfg.detector is None:
+        blocks = generate_events(topologies, counts, rng, engine, cfg.kinematics, chosen)
+    else:
+        blocks = _detected_events(cfg, topologies, counts, rng, engine, chosen)
     groups: dict[int, list[tuple]] = {}
     final_state = table.final_state_masses()
     for tid, topology, block in zip(ids, topologies, blocks, strict=True):
-        leaf_masses = topology.tree.masses[: topology.n_leaves]
-        leaves = smear(block.leaves, leaf_masses, cfg.kinematics.momentum_resolution, rng)
-        background = add_background(len(leaves), cfg.kinematics, final_state, rng)
-        base = cache[keys[tid]][1]
+        targets = cache[keys[tid]][1]
+        columns: dict[str, np.ndarray] = {}
+        if cfg.detector is None:
+            leaf_masses = topology.tree.masses[: topology.n_leaves]
+            leaves = smear(block.leaves, leaf_masses, cfg.kinematics.momentum_resolution, rng)
+            background = add_background(len(leaves), cfg.kinematics, final_state, rng)
+            extra_species = None
+        else:
+            from lcag.data_gen.detector import beam_background, leaf_species
+
+            leaves = block
+            background, extra_species = beam_background(len(leaves), cfg.detector, rng)
+            species = leaf_species(topology)[0]
         for n_extra in sorted({len(b) for b in background}):
             events = [e for e, b in enumerate(background) if len(b) == n_extra]
             extra = np.stack([background[e] for e in events]) if n_extra else None
-            part = _shuffled(tid, leaves[events], extra, base, rng)
+            if extra_species is not None:
+                tail = np.stack([extra_species[e] for e in events]).reshape(len(events), n_extra)
+                head = np.broadcast_to(species, (len(events), len(species)))
+                columns = {"species": np.concatenate([head, tail], axis=1)}
+            part = _shuffled(
+                tid,
+                leaves[events],
+                extra,
+                targets["lcag"],
+                rng,
+                matrices={k: v for k, v in targets.items() if k != "lcag"},
+                columns=columns,
+            )
             groups.setdefault(part[0].shape[1], []).append(part)
-    return {
-        n: tuple(np.concatenate([p[k] for p in parts]) for k in range(4))
-        for n, parts in groups.items()
-    }
+    return {n: _concatenate_parts(parts) for n, parts in groups.items()}
+
+
+def _concatenate_parts(parts: Sequence[tuple]) -> tuple:
+    """Join :func:`_shuffled` outputs of one leaf count (their optional targets too)."""
+    joined = tuple(np.concatenate([p[k] for p in parts]) for k in range(4))
+    names = sorted(parts[0][4]) if len(parts[0]) > 4 else []
+    if not names:
+        return joined
+    return (*joined, {name: np.concatenate([p[4][name] for p in parts]) for name in names})
+
+
+def _detected_events(
+    cfg: GenerationConfig,
+    topologies: Sequence[Topology],
+    counts: Sequence[int],
+    rng: np.random.Generator,
+    engine: Any,
+    ceilings: Sequence[np.ndarray] | None,
+) -> list[np.ndarray]:
+    """Per topology, ``(count, L, F)`` measured features of events the detector keeps.
+
+    Events with a lost leaf (efficiency, thresholds) are dropped and replaced: each round
+    generates the missing events divided by the acceptance seen so far (the efficiencies'
+    product at first), so the result depends only on the inputs and ``rng``.
+
+    Raises:
+        ConfigError: a topology whose acceptance is below 1 in 1000 after 10,000 events.
+    """
+    from lcag.data_gen.detector import acceptance_guess, leaf_species, measure
+    from lcag.data_gen.kinematics import generate_events
+
+    detector = cfg.detector
+    labels = [leaf_species(t) for t in topologies]
+    rate = [acceptance_guess(species, detector) for species, _ in labels]
+    missing = list(counts)
+    kept: list[list[np.ndarray]] = [[] for _ in topologies]
+    tried, accepted = [0] * len(topologies), [0] * len(topologies)
+    while any(missing):
+        active = [k for k, m in enumerate(missing) if m > 0]
+        asks = [int(np.ceil(missing[k] / max(rate[k], 1e-3) * 1.05)) + 4 for k in active]
+        blocks = generate_events(
+            [topologies[k] for k in active],
+            asks,
+            rng,
+            engine,
+            cfg.kinematics,
+            None if ceilings is None else [ceilings[k] for k in active],
+        )
+        for k, ask, block in zip(active, asks, blocks, strict=True):
+            species, charges = labels[k]
+            masses = topologies[k].tree.masses[: topologies[k].n_leaves]
+            features, ok = measure(block.leaves, masses, species, charges, detector, rng)
+            take = features[ok][: missing[k]]
+            kept[k].append(take)
+            missing[k] -= len(take)
+            tried[k] += ask
+            accepted[k] += int(ok.sum())
+            rate[k] = max(accepted[k] / tried[k], 1e-3)
+            if missing[k] and tried[k] >= 10_000 and accepted[k] < tried[k] / 1000:
+                tree = topologies[k].tree
+                raise ConfigError(
+                    f"detector: {accepted[k]} of {tried[k]} {tree.label(tree.root)} -> "
+                    f"{', '.join(tree.label(leaf) for leaf in tree.leaves)} events have every "
+                    "leaf reconstructed; lower the thresholds or raise the efficiencies"
+                )
+    return [np.concatenate(parts) for parts in kept]
 
 
 def _shuffled(
@@ -697,19 +841,48 @@ def _shuffled(
     extra: np.ndarray | None,
     base_lcag: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Append background leaves, shuffle leaves per event; returns (features, lcag, id, order)."""
+    *,
+    matrices: dict[str, np.ndarray] | None = None,
+    columns: dict[str, np.ndarray] | None = None,
+) -> tuple:
+    """Append background leaves, shuffle leaves per event.
+
+    Args:
+        leaves: ``(E, L, F)`` the tree's leaves; ``extra``: ``(E, k, F)`` background leaves.
+        base_lcag: ``(L, L)`` the topology's LCAG.
+        matrices: further ``(L, L)`` pair targets (``lcas``), class 0 with background.
+        columns: further ``(E, L + k)`` per-leaf targets (``species``), background included.
+
+    Returns:
+        ``(features (E, n, F), lcag (E, n, n), id (E,), order (E, n))``, plus a dict of the
+        shuffled further targets when any are given.
+    """
     E, L, _ = leaves.shape
     n_extra = 0 if extra is None else extra.shape[1]
     n = L + n_extra
     features = leaves if extra is None else np.concatenate([leaves, extra], axis=1)
-    full = np.zeros((n, n), dtype=np.int8)  # LCAG classes fit int8, as on disk
-    full[:L, :L] = base_lcag
     source = np.concatenate([np.arange(L), np.full(n_extra, -1)])  # topology leaf or -1
     order = np.argsort(rng.random((E, n)), axis=1)  # event leaf k <- unshuffled leaf order[k]
     shuffled = np.take_along_axis(features, order[:, :, None], axis=1)
-    lcag = permute(full, order)
-    return shuffled, lcag, np.full(E, topology_id, dtype=np.int32), source[order]
+    out = (
+        shuffled,
+        permute(_padded(base_lcag, n), order),
+        np.full(E, topology_id, dtype=np.int32),
+        source[order],
+    )
+    if not matrices and not columns:
+        return out
+    targets = {name: permute(_padded(m, n), order) for name, m in (matrices or {}).items()}
+    for name, column in (columns or {}).items():
+        targets[name] = np.take_along_axis(column, order, axis=1)
+    return (*out, targets)
+
+
+def _padded(matrix: np.ndarray, n: int) -> np.ndarray:
+    """``(L, L)`` pair labels inside an ``(n, n)`` int8 zero matrix (class 0: background)."""
+    full = np.zeros((n, n), dtype=np.int8)  # LCAG/LCAS classes fit int8, as on disk
+    full[: len(matrix), : len(matrix)] = matrix
+    return full
 
 
 # --------------------------------------------------------------------------- manifest
@@ -722,6 +895,8 @@ def write_manifest(
     n_classes: int,
     units: str,
     dtype: str,
+    features: Sequence[str] = FEATURES,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Summarise finished shards into ``out/manifest.json`` (written atomically, last).
 
@@ -735,6 +910,8 @@ def write_manifest(
         n_classes=n_classes,
         units=units,
         dtype=dtype,
+        features=features,
+        extra=extra,
     )
     atomic_write_text(out / MANIFEST, text)
     return manifest
@@ -749,8 +926,13 @@ def manifest_text(
     n_classes: int,
     units: str,
     dtype: str,
+    features: Sequence[str] = FEATURES,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The manifest of finished shards, as a dict and as the text of ``manifest.json``.
+
+    ``features`` names the leaf feature columns; ``extra`` adds entries (the species and
+    stage tables of optional targets).
 
     Event counts, leaf counts and checksums are read from the shards themselves, one shard
     at a time. The normalisation statistics are those of the train split's leaves, merged
@@ -764,8 +946,8 @@ def manifest_text(
     splits: dict[str, Any] = {
         s: {"events": 0, "shards": []} for s in SPLITS if s != "val_unknown" or s in written
     }
-    total = np.zeros(len(FEATURES))
-    squares = np.zeros(len(FEATURES))
+    total = np.zeros(len(features))
+    squares = np.zeros(len(features))
     leaves = 0
     for plan in shards:
         path = shard_path(out, plan.split, plan.index)
@@ -794,7 +976,8 @@ def manifest_text(
         "config": config,
         "seed": config.get("seed"),
         "versions": _versions(),
-        "features": list(FEATURES),
+        "features": list(features),
+        **(extra or {}),
         "units": units,
         "dtype": dtype,
         "n_classes": n_classes,
