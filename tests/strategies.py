@@ -3,6 +3,8 @@ comparisons of decoded trees and their scores allow."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -112,3 +114,28 @@ def one_hot_probs(matrix: np.ndarray, n_classes: int, floor: float = 1e-3) -> np
     probs = np.full((L, L, n_classes), floor)
     probs[np.arange(L)[:, None], np.arange(L)[None, :], matrix] = 1.0
     return probs / probs.sum(-1, keepdims=True)
+
+
+# ---------------------------------------------------------------- brute-force references
+def set_partitions(items: tuple) -> list[list[tuple]]:
+    """Every partition of ``items`` into blocks (brute-force references)."""
+    if not items:
+        return [[]]
+    first, rest = items[0], items[1:]
+    out = []
+    for partition in set_partitions(rest):
+        for k in range(len(partition)):
+            out.append([*partition[:k], (first, *partition[k]), *partition[k + 1 :]])
+        out.append([(first,), *partition])
+    return out
+
+
+def all_shapes(items: tuple) -> list:
+    """Every tree over ``items`` as nested tuples, no single-child nodes."""
+    if len(items) == 1:
+        return [items[0]]
+    shapes = []
+    for partition in set_partitions(items):
+        if len(partition) >= 2:
+            shapes += itertools.product(*(all_shapes(block) for block in partition))
+    return shapes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from functools import cache
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import (
+    all_shapes,
     assert_same_tree_or_tied,
     decay_trees,
     float64_score_tolerance,
@@ -21,32 +21,10 @@ from lcag.tree import DecayTree
 
 
 # ---------------------------------------------------------------- brute-force reference
-def _set_partitions(items: tuple) -> list[list[tuple]]:
-    if not items:
-        return [[]]
-    first, rest = items[0], items[1:]
-    out = []
-    for partition in _set_partitions(rest):
-        for k in range(len(partition)):
-            out.append([*partition[:k], (first, *partition[k]), *partition[k + 1 :]])
-        out.append([(first,), *partition])
-    return out
-
-
-def _all_shapes(items: tuple) -> list:
-    if len(items) == 1:
-        return [items[0]]
-    shapes = []
-    for partition in _set_partitions(items):
-        if len(partition) >= 2:
-            shapes += itertools.product(*(_all_shapes(block) for block in partition))
-    return shapes
-
-
 @cache
 def all_valid_lcags(n_leaves: int) -> np.ndarray:
     """Every valid LCAG on ``n_leaves`` labelled leaves (2752 for six leaves)."""
-    trees = (DecayTree.from_nested(shape) for shape in _all_shapes(tuple(range(n_leaves))))
+    trees = (DecayTree.from_nested(shape) for shape in all_shapes(tuple(range(n_leaves))))
     return np.stack([tree_to_lcag(t) for t in trees])
 
 

@@ -78,6 +78,9 @@ class DecFileChains:
     max_depth: int | None = None
     unique: bool = True  # distinct chains only (names compared, leaf order ignored)
     max_attempts: int = 100_000  # chains drawn before giving up on the requested count
+    # only these decays of the mother (daughter names, any order), by their branching
+    # fractions renormalised, e.g. [[B0, anti-B0], [B+, B-]] for Upsilon(4S) -> B B-bar
+    mother_modes: list[list[str]] | None = None
 
 
 @dataclass
@@ -254,6 +257,8 @@ class GenerationConfig:
         for key in ("detector", "lcas"):  # likewise for configs without these sections
             if data[key] is None:
                 del data[key]
+        if data.get("decfile") and data["decfile"]["mother_modes"] is None:
+            del data["decfile"]["mother_modes"]
         return data
 
 
@@ -441,8 +446,7 @@ def _check_detector(cfg: GenerationConfig) -> None:
     for key in ("photons", "photon_energy", "tracks", "track_pt"):
         if getattr(b, key) < 0 or (key.endswith(("energy", "pt")) and getattr(b, key) == 0):
             raise ConfigError(
-                f"detector.background.{key} = {getattr(b, key)}: means must be >= 0 "
-                "(spectra > 0)"
+                f"detector.background.{key} = {getattr(b, key)}: means must be >= 0 (spectra > 0)"
             )
 
 

@@ -62,6 +62,7 @@ def sample_decfile_topologies(
     table = _table(str(_resolve_dec_file(cfg.dec_file)))
     stable = _check_stable(cfg.stable, table)
     _check_mother(cfg.mother, table)
+    _mother_modes(table, cfg)
     found: list[Topology] = []
     seen: set[tuple] = set()
     rejected: Counter[str] = Counter()
@@ -229,6 +230,31 @@ def _check_mother(mother: str, table: _Table) -> None:
 
 
 # ----------------------------------------------------------------------------- sampling
+def _mother_modes(
+    table: _Table, cfg: DecFileChains
+) -> tuple[list[tuple[str, ...]], np.ndarray] | None:
+    """The mother's modes, restricted to ``cfg.mother_modes`` when given.
+
+    Raises:
+        ConfigError: a listed mode the table does not have (the table's modes named).
+    """
+    modes = table.modes(cfg.mother)
+    if cfg.mother_modes is None or modes is None:
+        return modes
+    daughters, cumulative = modes
+    fractions = np.diff(cumulative, prepend=0.0)
+    wanted = [sorted(m) for m in cfg.mother_modes]
+    missing = [m for m in wanted if m not in [sorted(fs) for fs in daughters]]
+    if missing:
+        listed = "; ".join(" ".join(fs) for fs in daughters[:8])
+        raise ConfigError(
+            f"decfile.mother_modes: {cfg.mother} -> {' '.join(missing[0])} is not in "
+            f"{cfg.dec_file} (its modes: {listed}{' ...' if len(daughters) > 8 else ''})"
+        )
+    kept = [k for k, fs in enumerate(daughters) if sorted(fs) in wanted]
+    return [daughters[k] for k in kept], np.cumsum(fractions[kept])
+
+
 def _draw(
     table: _Table, cfg: DecFileChains, stable: frozenset[str], rng: np.random.Generator
 ) -> _Node:
@@ -252,7 +278,7 @@ def _draw(
             if cfg.max_leaves is not None and counts["leaves"] > cfg.max_leaves:
                 raise _Reject("outside the leaf-count range")
             return _Node(known(name))
-        modes = table.modes(name)
+        modes = _mother_modes(table, cfg) if level == 1 else table.modes(name)
         if modes is None:
             raise _Reject(f"reaching {name!r} (not stable, no decays)")
         daughters, cumulative = modes

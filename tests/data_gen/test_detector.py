@@ -1,0 +1,235 @@
+"""The detector response: resolutions, efficiencies, thresholds, PID, background, LCAS."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from lcag.data_gen.config import Detector, load_config
+from lcag.data_gen.detector import (
+    DETECTOR_FEATURES,
+    PHOTON,
+    SPECIES,
+    beam_background,
+    measure,
+)
+from lcag.data_gen.shards import TopologyTable, shard_path
+from lcag.errors import ConfigError
+from lcag.stages import tree_to_stage_lcas
+
+ROOT = Path(__file__).resolve().parents[2]
+PI, E_, GAMMA, KL = 2, 0, 5, 6
+MASS = {PI: 0.13957, E_: 0.000511, GAMMA: 0.0, KL: 0.497611}
+
+
+def _true_leaves(n_events: int, species: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(E, L, 4)`` isotropic leaves with |p| in 0.3..3 GeV (polar angle kept central)."""
+    rng = np.random.default_rng(seed)
+    masses = np.array([MASS[s] for s in species])
+    p = rng.uniform(0.3, 3.0, size=(n_events, len(species)))
+    cos_t = rng.uniform(-0.8, 0.8, size=p.shape)
+    phi = rng.uniform(-3.0, 3.0, size=p.shape)
+    sin_t = np.sqrt(1 - cos_t**2)
+    true = np.stack(
+        [p * sin_t * np.cos(phi), p * sin_t * np.sin(phi), p * cos_t, np.hypot(p, masses)], -1
+    )
+    return true, masses
+
+
+def _measure(detector: Detector, species: list[int], n_events: int = 40_000, seed: int = 1):
+    true, masses = _true_leaves(n_events, species)
+    charges = np.array([0.0 if s >= PHOTON else 1.0 for s in species])
+    rng = np.random.default_rng(seed)
+    features, kept = measure(true, masses, np.array(species, np.int8), charges, detector, rng)
+    return true, masses, features, kept
+
+
+def _polar(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pt = np.hypot(v[..., 0], v[..., 1])
+    return pt, np.arctan2(pt, v[..., 2]), np.arctan2(v[..., 1], v[..., 0])
+
+
+def test_pulls_have_unit_width_per_species() -> None:
+    detector = Detector()
+    detector.neutral_hadrons.energy_resolution = [0.1, 0.02]  # no clipping at 0 in the test
+    species = [PI, E_, GAMMA, KL]
+    true, masses, features, _ = _measure(detector, species)
+    pt, theta, phi = _polar(true)
+    pt_m, theta_m, phi_m = _polar(features)
+    a, b = detector.tracks.pt_resolution
+    beta = np.linalg.norm(true[..., :3], axis=-1) / true[..., 3]
+    sigma_pt = np.hypot(a * pt, b / beta)
+    for leaf, s in enumerate(species):
+        if s < PHOTON:
+            pull = (pt_m - pt)[:, leaf] / (sigma_pt * pt)[:, leaf]
+            angle = detector.tracks.angle_resolution
+            # the energy follows from the measured momentum and the true mass
+            np.testing.assert_allclose(
+                features[:, leaf, 3],
+                np.hypot(np.linalg.norm(features[:, leaf, :3], axis=-1), masses[leaf]),
+                rtol=1e-12,
+            )
+        else:
+            response = detector.photons if s == GAMMA else detector.neutral_hadrons
+            kinetic = true[:, leaf, 3] - masses[leaf]
+            sigma = response.energy_resolution[0] / np.sqrt(kinetic)
+            sigma += response.energy_resolution[1]
+            pull = (features[:, leaf, 3] - true[:, leaf, 3]) / (sigma * kinetic)
+            angle = response.angle_resolution
+        theta_pull = (theta_m - theta)[:, leaf] / angle
+        phi_pull = (phi_m - phi)[:, leaf] / angle
+        for name, values in (("p", pull), ("theta", theta_pull), ("phi", phi_pull)):
+            assert abs(values.mean()) < 0.03, (SPECIES[s], name, values.mean())
+            assert abs(values.std() - 1) < 0.03, (SPECIES[s], name, values.std())
+
+
+def test_features_charge_photon_flag_and_pid_rows() -> None:
+    detector = Detector()
+    species = [PI, E_, GAMMA, KL]
+    _, _, features, _ = _measure(detector, species)
+    names = list(DETECTOR_FEATURES)
+    assert names[:4] == ["px", "py", "pz", "E"]
+    charge, photon = features[..., names.index("charge")], features[..., names.index("is_photon")]
+    np.testing.assert_array_equal(charge[0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(photon[0], [0, 0, 1, 0])
+    pid = features[..., names.index("pid_e") :]
+    np.testing.assert_allclose(pid[:, :2].sum(-1), 1.0, rtol=1e-12)
+    assert (pid[:, 2:] == 0).all()  # neutral leaves carry no PID
+    response = np.asarray(detector.pid.response)
+    n = len(features)
+    for leaf, s in ((0, PI), (1, E_)):
+        identified = np.bincount(pid[:, leaf].argmax(-1), minlength=5) / n
+        error = np.sqrt(response[s] * (1 - response[s]) / n)
+        assert (np.abs(identified - response[s]) < 5 * error + 1e-4).all(), (s, identified)
+
+
+def test_efficiencies_hold_and_thresholds_cut() -> None:
+    detector = Detector()
+    detector.tracks.efficiency, detector.photons.efficiency = 0.9, 0.7
+    detector.tracks.min_pt = 0.0
+    detector.photons.min_energy = 0.0
+    n = 40_000
+    _, _, _, kept = _measure(detector, [PI, PI, GAMMA], n)
+    expected = 0.9 * 0.9 * 0.7
+    assert abs(kept.mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
+    detector = Detector()
+    detector.tracks.efficiency = 1.0
+    detector.tracks.min_pt = 1.0
+    true, _, _, kept = _measure(detector, [PI], n)
+    pt = np.hypot(true[..., 0, 0], true[..., 0, 1])
+    np.testing.assert_array_equal(kept, pt >= 1.0)
+
+
+def test_beam_background_spectra_and_counts() -> None:
+    detector = Detector()
+    detector.background.photons, detector.background.tracks = 2.0, 0.5
+    n = 20_000
+    features, species = beam_background(n, detector, np.random.default_rng(3))
+    counts = np.array([len(s) for s in species])
+    assert abs(counts.mean() - 2.5) < 5 * np.sqrt(2.5 / n)
+    all_f, all_s = np.concatenate(features), np.concatenate(species)
+    photons, tracks = all_f[all_s == PHOTON], all_f[all_s != PHOTON]
+    above = photons[:, 3] - detector.photons.min_energy
+    assert above.min() >= 0
+    assert abs(above.mean() - 0.1) < 0.005
+    pt = np.hypot(tracks[:, 0], tracks[:, 1]) - detector.tracks.min_pt
+    assert pt.min() >= -1e-12
+    assert abs(pt.mean() - 0.2) < 0.01
+    assert set(np.unique(tracks[:, 4])) == {-1.0, 1.0}
+    assert (photons[:, 5] == 1).all()
+    assert (tracks[:, 5] == 0).all()
+
+
+# ---------------------------------------------------------------- generated datasets
+def _config(**detector: dict) -> dict:
+    data = yaml.safe_load((ROOT / "configs" / "data" / "belle2_b0.yaml").read_text())
+    data["decfile"]["max_leaves"] = 6
+    data["topologies"] = {"known": 3, "unknown": 2}
+    data["events"] = {"train": 60, "val": 10, "test": 10, "test_unknown": 20}
+    data["output"]["events_per_shard"] = 100
+    data.pop("detector", None)
+    data["detector"] = {"background": {"photons": 1.0, "tracks": 0.5}, **detector}
+    data["lcas"] = {}
+    return copy.deepcopy(data)
+
+
+@pytest.fixture(scope="module")
+def detector_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lcag.data_gen.writer import generate_dataset
+
+    out = tmp_path_factory.mktemp("belle") / "data"
+    generate_dataset(load_config(_config()), out, workers=1, progress=False)
+    return out
+
+
+def test_dataset_targets_background_and_lcas(detector_dataset: Path) -> None:
+    import json
+
+    manifest = json.loads((detector_dataset / "manifest.json").read_text())
+    assert manifest["features"] == list(DETECTOR_FEATURES)
+    assert manifest["species"] == list(SPECIES)
+    assert len(manifest["normalisation"]["mean"]) == len(DETECTOR_FEATURES)
+    background_leaves = 0
+    for split, info in manifest["splits"].items():
+        for k in range(len(info["shards"])):
+            with h5py.File(shard_path(detector_dataset, split, k), "r") as handle:
+                table = TopologyTable.read(handle["topologies"])
+                for name in (g for g in handle if g.startswith("L")):
+                    group = handle[name]
+                    lcag, lcas, order = group["lcag"][()], group["lcas"][()], group["order"][()]
+                    species = group["species"][()]
+                    for e, tid in enumerate(group["topology"][()]):
+                        tree = table.topology(int(tid)).tree
+                        real = np.flatnonzero(order[e] >= 0)
+                        background = np.flatnonzero(order[e] < 0)
+                        background_leaves += len(background)
+                        assert (lcag[e][background] == 0).all()
+                        assert (lcas[e][background] == 0).all()
+                        assert (lcas[e][:, background] == 0).all()
+                        leaves = order[e][real]
+                        expected = tree_to_stage_lcas(tree)[np.ix_(leaves, leaves)]
+                        np.testing.assert_array_equal(lcas[e][np.ix_(real, real)], expected)
+                        pdg = np.abs(tree.pdg_ids[leaves])
+                        is_photon = species[e][real] == PHOTON
+                        np.testing.assert_array_equal(is_photon, pdg == 22)
+    assert background_leaves > 0
+
+
+def test_same_config_same_bytes(detector_dataset: Path, tmp_path: Path) -> None:
+    from lcag.data_gen.writer import generate_dataset
+
+    generate_dataset(load_config(_config()), tmp_path / "again", workers=1, progress=False)
+    for shard in sorted(detector_dataset.glob("*/*.h5")):
+        again = tmp_path / "again" / shard.relative_to(detector_dataset)
+        assert again.read_bytes() == shard.read_bytes(), shard.name
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"detector": {"pid": {"response": [[1.0] * 5] * 5}}}, "pid.response[0]"),
+        ({"detector": {"tracks": {"efficiency": 0.0}}}, "tracks.efficiency"),
+        ({"detector": {"photons": {"energy_resolution": [0.1]}}}, "energy_resolution"),
+        ({"kinematics": {"momentum_resolution": 0.01}}, "replaces them"),
+        ({"lcas": {"stages": {"B0": 0}}}, "stages start at 1"),
+    ],
+)
+def test_config_errors_name_the_field(change: dict, needle: str) -> None:
+    data = _config()
+    for key, value in change.items():
+        data[key] = {**data.get(key, {}), **value}
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(data)
+    assert needle in str(info.value)
+
+
+def test_detector_needs_a_decay_table() -> None:
+    tiny = yaml.safe_load((ROOT / "configs" / "data" / "tiny.yaml").read_text())
+    tiny["detector"] = {}
+    with pytest.raises(ConfigError, match="decfile"):
+        load_config(tiny)
