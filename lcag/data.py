@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lcag.data_gen.shards import TopologyTable, read_manifest, sha256_of
+from lcag.data_gen.shards import FEATURES, TopologyTable, read_manifest, sha256_of
 from lcag.errors import DatasetError
 from lcag.tree import DecayTree
 
@@ -37,17 +37,36 @@ class LCAGDataset(Dataset):
         split: ``train``, ``val``, ``test`` or ``test_unknown``.
         max_events: keep only this many events, spread evenly over the split (e.g. to overfit
             a few while keeping every leaf count).
+        features: the leaf feature columns to read, by the manifest's names (default all);
+            they start with ``px, py, pz, E``.
+        target: ``lcag`` or ``lcas`` (stage targets, in datasets generated with ``lcas``).
 
-    An event is a dict: ``x (n, 4)`` float32 raw ``(px, py, pz, E)``, ``target (n, n)`` int64
-    LCAG with -1 on the diagonal, ``topology`` (int) and ``known`` (bool).
+    An event is a dict: ``x (n, F)`` float32 raw features (``px, py, pz, E`` first),
+    ``target (n, n)`` int64 LCAG (or LCAS) with -1 on the diagonal, ``topology`` (int) and
+    ``known`` (bool).
 
     Raises:
         DatasetError: no manifest, another schema version, an unknown split or missing shard.
     """
 
-    def __init__(self, root: str | Path, split: str, max_events: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        max_events: int | None = None,
+        features: Sequence[str] | None = None,
+        target: str = "lcag",
+    ) -> None:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
+        self.columns = feature_columns(self.manifest, features, self.root)
+        if target not in ("lcag", "lcas"):
+            raise DatasetError(f"target: expected 'lcag' or 'lcas', got {target!r}")
+        if target == "lcas" and "lcas" not in self.manifest:
+            raise DatasetError(
+                f"{self.root}: no LCAS targets (generate with an 'lcas' section in the config)"
+            )
+        self.target = target
         if split not in self.manifest["splits"]:
             raise DatasetError(
                 f"{self.root}: no split {split!r} (has {', '.join(self.manifest['splits'])})"
@@ -124,8 +143,8 @@ class LCAGDataset(Dataset):
         lo, hi = int(unique[0]), int(unique[-1]) + 1
         try:
             group = handle[f"L{n}"]
-            features = group["features"][lo:hi][unique - lo][inverse]
-            lcag = group["lcag"][lo:hi][unique - lo][inverse].astype(np.int64)
+            features = group["features"][lo:hi][unique - lo][inverse][..., self.columns]
+            lcag = group[self.target][lo:hi][unique - lo][inverse].astype(np.int64)
             topology = group["topology"][lo:hi][unique - lo][inverse].astype(np.int64)
         except (OSError, KeyError) as exc:  # h5py: a damaged block, a missing group
             raise DatasetError(
@@ -206,6 +225,29 @@ class LCAGDataset(Dataset):
         state = self.__dict__.copy()
         state["_handles"] = {}  # handles do not cross processes
         return state
+
+
+def feature_columns(
+    manifest: dict[str, Any], names: Sequence[str] | None, root: Path | str = "dataset"
+) -> list[int]:
+    """Column indices of the feature ``names`` in a dataset (all columns when ``None``).
+
+    Raises:
+        DatasetError: a name the dataset lacks (its names listed), a repeated name, or a
+            selection not starting with ``px, py, pz, E`` (pair features read those).
+    """
+    have = list(manifest.get("features", ["px", "py", "pz", "E"]))
+    if names is None:
+        return list(range(len(have)))
+    names = list(names)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise DatasetError(f"{root}: no feature {missing[0]!r} (it has {', '.join(have)})")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"features = {names}: a feature is named twice")
+    if names[:4] != ["px", "py", "pz", "E"]:
+        raise DatasetError(f"features = {names}: must start with px, py, pz, E")
+    return [have.index(n) for n in names]
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -291,7 +333,7 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def collate(events: Sequence[Event]) -> dict[str, torch.Tensor]:
-    """Pad events to the longest: ``x (B, L, 4)``, ``mask (B, L)``, ``target (B, L, L)``
+    """Pad events to the longest: ``x (B, L, F)``, ``mask (B, L)``, ``target (B, L, L)``
     (-1 on the diagonal and padding), ``topology (B,)``, ``known (B,)``, ``n_leaves (B,)``."""
     size = max(len(e["x"]) for e in events)
     B = len(events)
@@ -333,6 +375,10 @@ class LCAGDataModule(pl.LightningDataModule):
             ``val_split`` is ``val``).
         verify_checksums: check every shard against the manifest's SHA-256 when the module is
             made, so a damaged file stops the run at once rather than feeding it garbage.
+        features: leaf features by name (default every column of the dataset; ``px, py, pz,
+            E`` first); the model's ``n_features`` must match their number.
+        target: ``lcag`` (default) or ``lcas`` (the stage targets of datasets generated with
+            an ``lcas`` section).
     """
 
     def __init__(
@@ -347,11 +393,16 @@ class LCAGDataModule(pl.LightningDataModule):
         val_split: str = "val",
         validate_unknown: bool = True,
         verify_checksums: bool = True,
+        features: list[str] | None = None,
+        target: str = "lcag",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.manifest = read_manifest(self.data_dir)
+        self.columns = feature_columns(self.manifest, features, self.data_dir)
+        self.features = [self.manifest.get("features", FEATURES)[c] for c in self.columns]
+        LCAGDataset(self.data_dir, "train", max_events=0, target=target)  # checks the target
         self.datasets: dict[str, LCAGDataset] = {}
         if verify_checksums:  # here, so a damaged file stops the run before the trainer starts
             for split in self.manifest["splits"]:
@@ -361,10 +412,13 @@ class LCAGDataModule(pl.LightningDataModule):
     def normalisation(self) -> tuple[list[float], list[float]]:
         """Train-split ``(mean, std)`` per feature, from the manifest."""
         stats = self.manifest["normalisation"]
-        return stats["mean"], stats["std"]
+        return [stats["mean"][c] for c in self.columns], [stats["std"][c] for c in self.columns]
 
     @property
     def n_classes(self) -> int:
+        """Target classes: LCAG heights (or LCAS stages) plus class 0."""
+        if self.hparams.target == "lcas":
+            return int(self.manifest["lcas"]["n_classes"])
         return int(self.manifest["n_classes"])
 
     def setup(self, stage: str | None = None) -> None:
@@ -372,11 +426,13 @@ class LCAGDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test", "test_unknown", "val_unknown"):
             if split not in self.datasets and split in self.manifest["splits"]:
                 limit = h.max_train_events if split == "train" else h.max_eval_events
-                self.datasets[split] = LCAGDataset(self.data_dir, split, max_events=limit)
+                self.datasets[split] = self._dataset(split, limit)
         if "validation" not in self.datasets:
-            self.datasets["validation"] = LCAGDataset(
-                self.data_dir, h.val_split, max_events=h.max_eval_events
-            )
+            self.datasets["validation"] = self._dataset(h.val_split, h.max_eval_events)
+
+    def _dataset(self, split: str, limit: int | None) -> LCAGDataset:
+        h = self.hparams
+        return LCAGDataset(self.data_dir, split, limit, features=h.features, target=h.target)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams

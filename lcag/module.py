@@ -207,8 +207,15 @@ class LCAGModule(pl.LightningModule):
                 f"model.n_classes = {self.n_classes}, but {datamodule.data_dir} has "
                 f"{datamodule.n_classes} LCAG classes; raise model.n_classes"
             )
+        mean, std = datamodule.normalisation
+        if len(mean) != len(self.feature_mean):
+            names = getattr(datamodule, "features", None) or f"{len(mean)} features"
+            raise ConfigError(
+                f"model.n_features = {len(self.feature_mean)}, but the data gives {len(mean)} "
+                f"per leaf ({', '.join(names) if isinstance(names, list) else names}); set "
+                "model.init_args.n_features, or data.features to choose columns"
+            )
         if stage == "fit" and not torch.any(self.feature_mean != 0):
-            mean, std = datamodule.normalisation
             self.feature_mean.copy_(torch.tensor(mean))
             self.feature_std.copy_(torch.clamp(torch.tensor(std), min=1e-6))
         wants_prior = self.evidence.kind != "none" and not self.mass_prior.fitted

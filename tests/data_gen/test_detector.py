@@ -233,3 +233,83 @@ def test_detector_needs_a_decay_table() -> None:
     tiny["detector"] = {}
     with pytest.raises(ConfigError, match="decfile"):
         load_config(tiny)
+
+
+# ---------------------------------------------------------------- training on the features
+def test_data_module_selects_features_and_targets_by_name(detector_dataset: Path) -> None:
+    from lcag.data import LCAGDataModule
+    from lcag.errors import DatasetError
+
+    every = LCAGDataModule(str(detector_dataset), batch_size=16)
+    assert every.features == list(DETECTOR_FEATURES)
+    momenta = LCAGDataModule(str(detector_dataset), features=["px", "py", "pz", "E"])
+    assert len(momenta.normalisation[0]) == 4
+    assert momenta.normalisation[0] == every.normalisation[0][:4]
+    stages = LCAGDataModule(
+        str(detector_dataset), features=["px", "py", "pz", "E", "charge"], target="lcas"
+    )
+    stages.setup("fit")
+    event = stages.datasets["train"][0]
+    assert event["x"].shape[-1] == 5
+    assert stages.n_classes == 7
+    with h5py.File(stages.datasets["train"].files[0], "r") as handle:
+        n = len(event["x"])
+        stored = handle[f"L{n}"]["lcas"][0].astype(np.int64)
+    np.fill_diagonal(stored, -1)
+    np.testing.assert_array_equal(event["target"], stored)
+    with pytest.raises(DatasetError, match="no feature 'pid_x'"):
+        LCAGDataModule(str(detector_dataset), features=["px", "py", "pz", "E", "pid_x"])
+    with pytest.raises(DatasetError, match="start with px, py, pz, E"):
+        LCAGDataModule(str(detector_dataset), features=["charge", "px", "py", "pz", "E"])
+
+
+@pytest.mark.parametrize("features", [None, ["px", "py", "pz", "E"]])
+def test_a_model_trains_on_detector_features(
+    detector_dataset: Path, tmp_path: Path, features: list[str] | None
+) -> None:
+    import lightning.pytorch as pl
+    import torch
+
+    from lcag.data import LCAGDataModule
+    from lcag.models import LCAGTransformer
+    from lcag.module import LCAGModule
+
+    pl.seed_everything(0)
+    dm = LCAGDataModule(str(detector_dataset), batch_size=32, features=features)
+    width = len(dm.features)
+    module = LCAGModule(LCAGTransformer(n_classes=8, n_features=width, dim=16, depth=1, heads=2))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        limit_val_batches=1,
+    )
+    trainer.fit(module, dm)
+    assert module.feature_mean.shape == (width,)
+    assert torch.allclose(module.feature_mean, torch.tensor(dm.normalisation[0]).float())
+
+
+def test_feature_count_mismatch_is_named(detector_dataset: Path, tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from lcag.data import LCAGDataModule
+    from lcag.models import LCAGTransformer
+    from lcag.module import LCAGModule
+
+    dm = LCAGDataModule(str(detector_dataset), batch_size=32)
+    module = LCAGModule(LCAGTransformer(n_classes=8, n_features=4, dim=16, depth=1, heads=2))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ConfigError, match=r"n_features = 4, but the data gives 11 .*pid_p"):
+        trainer.fit(module, dm)
