@@ -83,10 +83,21 @@ class PairAccuracy(_Ratio):
 
 
 class ValidTreeRate(_Ratio):
-    """Share of predicted matrices that are the LCAG of some decay tree."""
+    """Share of predicted matrices that are the LCAG (or, with ``target="lcas"``, the LCAS
+    stage labelling) of some decay tree."""
+
+    def __init__(self, target: str = "lcag") -> None:
+        super().__init__()
+        self.target = target
 
     def update(self, pred: torch.Tensor, mask: torch.Tensor) -> None:
         """pred: ``(B, L, L)``; mask: ``(B, L)`` bool, real leaves."""
-        valid = is_valid_lcag(pred.detach().cpu().numpy(), mask.detach().cpu().numpy())
+        pred_np, mask_np = pred.detach().cpu().numpy(), mask.detach().cpu().numpy()
+        if self.target == "lcas":
+            from lcag.stages import is_valid_lcas
+
+            valid = [is_valid_lcas(p[np.ix_(m, m)]) for p, m in zip(pred_np, mask_np, strict=True)]
+        else:
+            valid = is_valid_lcag(pred_np, mask_np)
         self.hits += int(np.sum(valid))
         self.total += pred.shape[0]

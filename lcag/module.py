@@ -20,6 +20,7 @@ from torch import nn
 from lcag.checkpoints import load_checkpoint
 from lcag.data import LCAGDataset
 from lcag.decode import EXACT_MAX_LEAVES, decode
+from lcag.decode.stages import decode_lcas
 from lcag.errors import ConfigError
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import (
@@ -94,6 +95,11 @@ class LCAGModule(pl.LightningModule):
             logits as node scores) in the training loss; 0 leaves it out.
         tree_loss_max_leaves: the tree loss is computed for training batches of at most this
             many leaves (it costs ``O(3^L C)`` per event).
+        target: ``lcag`` (heights) or ``lcas`` (stages, :mod:`lcag.stages`; the data module's
+            ``target`` must agree). With ``lcas`` the same metrics are reported, decoding
+            is :func:`lcag.decode.stages.decode_lcas` and the valid-argmax rate counts valid
+            LCAS; node evidence (``node_evidence: none``) and the tree loss are LCAG-only
+            for now.
     """
 
     def __init__(
@@ -119,8 +125,16 @@ class LCAGModule(pl.LightningModule):
         subset_loss_samples: int = 256,
         tree_loss_weight: float = 0.0,
         tree_loss_max_leaves: int = 8,
+        target: Literal["lcag", "lcas"] = "lcag",
     ) -> None:
         super().__init__()
+        if target not in ("lcag", "lcas"):
+            raise ConfigError(f"target = {target!r}: expected 'lcag' or 'lcas'")
+        if target == "lcas" and (node_evidence != "none" or tree_loss_weight > 0):
+            raise ConfigError(
+                "target = 'lcas': node evidence and the tree loss are LCAG-only for now; set "
+                "node_evidence: none and tree_loss_weight: 0"
+            )
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = model.config()
         self.model = model
@@ -151,7 +165,7 @@ class LCAGModule(pl.LightningModule):
                         "perfect_argmax": PerfectTreeRate(max_leaves),
                         "perfect_decoded": PerfectTreeRate(max_leaves),
                         "pair_accuracy": PairAccuracy(),
-                        "valid_argmax": ValidTreeRate(),
+                        "valid_argmax": ValidTreeRate(target),
                         "perfect_full": PerfectTreeRate(max_leaves),
                         "perfect_prior": PerfectTreeRate(max_leaves),
                     }
@@ -202,6 +216,12 @@ class LCAGModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is None:
             return
+        wanted = getattr(datamodule, "hparams", {}).get("target", "lcag")
+        if wanted != self.hparams.target:
+            raise ConfigError(
+                f"the module trains target = {self.hparams.target!r} but the data module reads "
+                f"{wanted!r}; set both to the same"
+            )
         if self.n_classes < datamodule.n_classes:
             raise ConfigError(
                 f"model.n_classes = {self.n_classes}, but {datamodule.data_dir} has "
@@ -356,7 +376,7 @@ class LCAGModule(pl.LightningModule):
         metrics = self.metrics[f"{subset}_set"]
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
         mask_np = mask.cpu().numpy()
-        pair_only = torch.from_numpy(decode(probs, mask_np)).to(logits.device)
+        pair_only = torch.from_numpy(self._decoder(probs, mask_np)).to(logits.device)
         metrics["perfect_decoded"].update(pair_only, target, n_leaves)
         full = self.evidence.scores(batch["x"], mask, leaves, head_share=1.0)
         prior = self.evidence.prior_scores(batch["x"], mask) if self.evidence.head else None
@@ -419,8 +439,16 @@ class LCAGModule(pl.LightningModule):
             )
         if nodes is not None:
             nodes = float(self.node_weight) * nodes
-        decoded = decode(probs, mask.cpu().numpy(), node_scores=nodes)
+        decoded = self._decoder(probs, mask.cpu().numpy(), node_scores=nodes)
         return torch.from_numpy(decoded).to(logits.device)
+
+    def _decoder(
+        self, probs: np.ndarray, mask: np.ndarray, node_scores: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Valid-tree decoding of the module's target (LCAG heights or LCAS stages)."""
+        if self.hparams.get("target", "lcag") == "lcas":
+            return decode_lcas(probs, mask, node_scores=node_scores)
+        return decode(probs, mask, node_scores=node_scores)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._common_step(batch, "train")

@@ -145,3 +145,27 @@ def test_upsilon_4s_event_decodes_into_its_two_b_mesons() -> None:
     assert [int(stages[c]) for c in b_mesons] == [5, 5]
     truth = {frozenset(tree.leaves_under(c)) for c in tree.children(tree.root)}
     assert {frozenset(rebuilt.leaves_under(c)) for c in b_mesons} == truth
+
+
+@given(staged_trees(), st.integers(0, 2**31 - 1))
+def test_subdominant_lcas_is_valid_below_and_keeps_valid_input(
+    staged: tuple[DecayTree, dict[int, int]], seed: int
+) -> None:
+    from lcag.decode.stages import subdominant_lcas
+
+    tree, labels = staged
+    m = _labelled(tree, labels).astype(np.int64)
+    np.testing.assert_array_equal(subdominant_lcas(m[None])[0], m)
+    n = len(m)
+    noisy = m + np.random.default_rng(seed).integers(-1, 2, size=m.shape)
+    noisy = np.maximum(np.triu(noisy, 1) + np.triu(noisy, 1).T, 1)
+    np.fill_diagonal(noisy, 0)
+    out = subdominant_lcas(noisy[None])[0]
+    assert is_valid_lcas(out) or n < 2
+    off = ~np.eye(n, dtype=bool)
+    assert (out[off] <= noisy[off]).all()
+
+
+def test_large_events_decode_to_valid_lcas() -> None:
+    probs = np.random.default_rng(0).dirichlet(np.ones(7), size=(2, 18, 18))
+    assert all(is_valid_lcas(m) for m in decode_lcas(probs))

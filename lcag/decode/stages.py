@@ -16,9 +16,8 @@ import numpy as np
 
 from lcag.decode.exact import chunks, subset_sums
 from lcag.decode.scores import gather_node_scores, prepare_node_scores, prepare_scores
-from lcag.errors import InvalidInputError
 
-__all__ = ["LCAS_MAX_LEAVES", "decode_lcas"]
+__all__ = ["LCAS_MAX_LEAVES", "decode_lcas", "subdominant_lcas"]
 
 LCAS_MAX_LEAVES = 16  # 3^16 splits per stage and event: about a second compiled
 
@@ -43,29 +42,29 @@ def decode_lcas(
     Returns:
         int64 LCAS ``(L, L)`` or ``(N, L, L)``: diagonal 0, padding -1, stages 1..K.
 
+    Events of more than :data:`LCAS_MAX_LEAVES` real leaves are decoded approximately: the
+    per-pair most probable stages, lowered to their subdominant ultrametric
+    (:func:`subdominant_lcas`), which is valid; node scores do not enter there.
+
     Raises:
-        InvalidInputError: bad shapes or values, or more than :data:`LCAS_MAX_LEAVES` real
-            leaves in an event.
+        InvalidInputError: bad shapes or values.
     """
     scores, mask, single = prepare_scores(probs, mask, eps)
     N, L = mask.shape
     nodes = prepare_node_scores(node_scores, N, L, single)
     counts = mask.sum(axis=1)
-    if counts.max(initial=0) > LCAS_MAX_LEAVES:
-        raise InvalidInputError(
-            f"decode_lcas: an event has {int(counts.max())} leaves; exact LCAS decoding takes "
-            f"at most {LCAS_MAX_LEAVES}"
-        )
     out = np.full((N, L, L), -1, dtype=np.int64)
     for n_real in np.unique(counts).tolist():
         events = np.flatnonzero(counts == n_real)
         if n_real == 0:
             continue
         leaf_idx = np.argsort(~mask[events], axis=1, kind="stable")[:, :n_real]
+        sub = scores[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]]
         if n_real == 1:
             decoded = np.zeros((len(events), 1, 1), dtype=np.int64)
+        elif n_real > LCAS_MAX_LEAVES:
+            decoded = subdominant_lcas(sub.argmax(axis=-1) + 1)
         else:
-            sub = scores[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]]
             node = gather_node_scores(nodes, events, leaf_idx)
             decoded = np.zeros((len(events), n_real, n_real), dtype=np.int64)
             for start, stop in chunks(len(events), n_real, sub.shape[-1]):
@@ -74,6 +73,22 @@ def decode_lcas(
                 )
         out[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]] = decoded
     return out[0] if single else out
+
+
+def subdominant_lcas(stages: np.ndarray) -> np.ndarray:
+    """The largest valid LCAS below a symmetric stage matrix ``(E, n, n)`` (>= 1 off the
+    diagonal): ``U[i, j]`` = the least, over paths from ``i`` to ``j``, of the path's largest
+    stage (single linkage), an ultrametric; entries already consistent are kept.
+
+    Returns:
+        ``(E, n, n)`` int64 valid LCAS matrices.
+    """
+    u = np.maximum(stages, np.swapaxes(stages, -1, -2)).astype(np.int64)
+    n = u.shape[-1]
+    for k in range(n):  # minimax Floyd-Warshall
+        u = np.minimum(u, np.maximum(u[:, :, k, None], u[:, None, k, :]))
+    u[:, np.arange(n), np.arange(n)] = 0
+    return u
 
 
 @numba.njit(cache=True, nogil=True)

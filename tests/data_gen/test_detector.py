@@ -313,3 +313,49 @@ def test_feature_count_mismatch_is_named(detector_dataset: Path, tmp_path: Path)
     )
     with pytest.raises(ConfigError, match=r"n_features = 4, but the data gives 11 .*pid_p"):
         trainer.fit(module, dm)
+
+
+def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from lcag.data import LCAGDataModule
+    from lcag.models import LCAGTransformer
+    from lcag.module import LCAGModule
+    from lcag.stages import is_valid_lcas
+
+    pl.seed_everything(0)
+    dm = LCAGDataModule(str(detector_dataset), batch_size=32, target="lcas")
+    model = LCAGTransformer(n_classes=dm.n_classes, n_features=11, dim=16, depth=1, heads=2)
+    module = LCAGModule(model, target="lcas", node_evidence="none")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        limit_val_batches=2,
+    )
+    trainer.fit(module, dm)
+    assert "val/perfect_decoded" in trainer.callback_metrics
+    batch = next(
+        iter(
+            dm.val_dataloader()[0] if isinstance(dm.val_dataloader(), list) else dm.val_dataloader()
+        )
+    )
+    decoded = module.decode(module(batch["x"], batch["mask"]), batch["mask"]).numpy()
+    for matrix, mask in zip(decoded, batch["mask"].numpy(), strict=True):
+        assert is_valid_lcas(matrix[np.ix_(mask, mask)])
+    with pytest.raises(ConfigError, match="LCAG-only"):
+        LCAGModule(model, target="lcas")
+    with pytest.raises(ConfigError, match="data module reads 'lcas'"):
+        pl.Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            logger=False,
+            default_root_dir=tmp_path / "mismatch",
+            enable_progress_bar=False,
+        ).fit(LCAGModule(model, node_evidence="none"), dm)
