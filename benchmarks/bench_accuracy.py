@@ -139,9 +139,7 @@ def train_and_test(
     )
     # val_events of each validation split (known, unseen topologies): the grid of node
     # weights and head shares is decoded on every one after every epoch, inside the budget
-    dm = LCAGDataModule(
-        str(data), batch_size=64, eval_batch_size=512, max_eval_events=val_events
-    )
+    dm = LCAGDataModule(str(data), batch_size=64, eval_batch_size=512, max_eval_events=val_events)
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=out / name, monitor="val/score", mode="max", filename="best"
     )

@@ -4,6 +4,8 @@
 <dir>/manifest.json            written last, atomically (see write_manifest)
 <dir>/<split>/shard-00000.h5   /L{n}/features (N, n, F), /L{n}/lcag int8 (N, n, n),
                                /L{n}/topology int32 (N,), /L{n}/order int8 (N, n),
+                               with an `lcas:` config /L{n}/lcas int8 (N, n, n), with a
+                               `detector:` config /L{n}/species int8 (N, n),
                                /topologies/* (the table of every topology of the dataset)
 <dir>/<split>/shard-00000.sha256   the shard's checksum, written before the shard appears
 <dir>/generation.json          the config being generated (written first)
@@ -11,7 +13,10 @@
 ```
 ``order[e, k]`` is the topology leaf that event leaf ``k`` is (``-1`` for a background leaf),
 so ``lcag[e] == permute(tree_to_lcag(topology), order[e])`` on the tree's leaves and 0 on
-background rows. Writes go to a temporary name and are renamed when complete.
+background rows; ``lcas`` likewise with the stage labels (:mod:`lcag.stages`). The
+manifest's ``features`` names the feature columns (``px, py, pz, E`` first; more with a
+detector), ``species`` the species classes and ``lcas`` the stage map. Writes go to a
+temporary name and are renamed when complete.
 """
 
 from __future__ import annotations
