@@ -714,13 +714,14 @@ def _shard_events(
     engine = _engine()
     cache = _WORKER.setdefault("topologies", {})
     ids = [tid for tid, _ in plan.pieces]
-    keys = {tid: (_topology_key(table, tid), cfg.lcas is not None) for tid in ids}
+    stages = None if cfg.lcas is None else tuple(sorted(_stage_map(cfg).items()))
+    keys = {tid: (_topology_key(table, tid), stages) for tid in ids}
     for tid in ids:
         if keys[tid] not in cache:
             topology = table.topology(tid)
             targets = {"lcag": tree_to_lcag(topology.tree)}
             if cfg.lcas is not None:
-                targets["lcas"] = tree_to_stage_lcas(topology.tree, _stage_map(cfg))
+                targets["lcas"] = tree_to_stage_lcas(topology.tree, dict(stages))
             cache[keys[tid]] = (topology, targets)
     topologies = [cache[keys[tid]][0] for tid in ids]
     split_index = SPLITS.index(plan.split)
