@@ -159,12 +159,15 @@ class LCAGDataset(Dataset):
                 f"{features[tuple(bad)]}; features must be finite"
             )
         lcag[:, np.arange(n), np.arange(n)] = -1
-        return {
+        out = {
             "x": features.astype(np.float32),
             "target": lcag,
             "topology": topology,
             "known": self.known_topologies()[topology],
         }
+        if "species" in group:  # detector datasets: each leaf's true species class
+            out["species"] = group["species"][lo:hi][unique - lo][inverse].astype(np.int64)
+        return out
 
     def true_tree(self, index: int) -> tuple[DecayTree, np.ndarray] | None:
         """The decay tree of event ``index`` with its topology's names and nominal masses.
@@ -334,7 +337,8 @@ def _rank_and_world() -> tuple[int, int]:
 
 def collate(events: Sequence[Event]) -> dict[str, torch.Tensor]:
     """Pad events to the longest: ``x (B, L, F)``, ``mask (B, L)``, ``target (B, L, L)``
-    (-1 on the diagonal and padding), ``topology (B,)``, ``known (B,)``, ``n_leaves (B,)``."""
+    (-1 on the diagonal and padding), ``topology (B,)``, ``known (B,)``, ``n_leaves (B,)``, and
+    ``species (B, L)`` (-1 on padding) when the events carry leaf species."""
     size = max(len(e["x"]) for e in events)
     B = len(events)
     x = np.zeros((B, size, events[0]["x"].shape[-1]), dtype=np.float32)
@@ -345,7 +349,7 @@ def collate(events: Sequence[Event]) -> dict[str, torch.Tensor]:
         x[b, :n] = event["x"]
         target[b, :n, :n] = event["target"]
         mask[b, :n] = True
-    return {
+    batch = {
         "x": torch.from_numpy(x),
         "mask": torch.from_numpy(mask),
         "target": torch.from_numpy(target),
@@ -353,6 +357,12 @@ def collate(events: Sequence[Event]) -> dict[str, torch.Tensor]:
         "known": torch.tensor([bool(e["known"]) for e in events]),
         "n_leaves": torch.from_numpy(mask.sum(1)),
     }
+    if all("species" in e for e in events):
+        species = np.full((B, size), -1, dtype=np.int64)
+        for b, event in enumerate(events):
+            species[b, : len(event["species"])] = event["species"]
+        batch["species"] = torch.from_numpy(species)
+    return batch
 
 
 class LCAGDataModule(pl.LightningDataModule):

@@ -13,7 +13,7 @@ from torchmetrics import Metric
 
 from lcag.matrix import is_valid_lcag
 
-__all__ = ["PairAccuracy", "PerfectTreeRate", "ValidTreeRate"]
+__all__ = ["PairAccuracy", "PerfectTreeRate", "SpeciesAccuracy", "ValidTreeRate"]
 
 
 class PerfectTreeRate(Metric):
@@ -101,3 +101,37 @@ class ValidTreeRate(_Ratio):
             valid = is_valid_lcag(pred_np, mask_np)
         self.hits += int(np.sum(valid))
         self.total += pred.shape[0]
+
+
+class SpeciesAccuracy(Metric):
+    """Particle-type accuracy per true species (leaves with species ``-1`` ignored).
+
+    Args:
+        n_species: species classes ``S``.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, n_species: int) -> None:
+        super().__init__()
+        self.add_state("hits", torch.zeros(n_species, dtype=torch.long), "sum")
+        self.add_state("total", torch.zeros(n_species, dtype=torch.long), "sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: ``(B, L)`` species classes; target ``-1`` on padding."""
+        real = target >= 0
+        S = self.total.numel()
+        self.total += torch.bincount(target[real], minlength=S)[:S]
+        self.hits += torch.bincount(target[real & (pred == target)], minlength=S)[:S]
+
+    def compute(self) -> torch.Tensor:
+        """Overall accuracy (every leaf counted once)."""
+        return self.hits.sum() / torch.clamp(self.total.sum(), min=1)
+
+    def per_species(self) -> list[tuple[float, int]]:
+        """Per species: (accuracy, leaves), NaN accuracy where no leaf was seen."""
+        return [
+            (float(h / t) if t else float("nan"), int(t))
+            for h, t in zip(self.hits, self.total, strict=True)
+        ]

@@ -32,7 +32,7 @@ from lcag.evidence.node_evidence import (
 )
 from lcag.evidence.topologies import TopologyCatalogue
 from lcag.features import check_pair_features, model_inputs
-from lcag.metrics import PairAccuracy, PerfectTreeRate, ValidTreeRate
+from lcag.metrics import PairAccuracy, PerfectTreeRate, SpeciesAccuracy, ValidTreeRate
 from lcag.models.base import LCAGModel
 from lcag.training.lowrank import restore_low_rank
 from lcag.training.tree_loss import tree_nll
@@ -95,6 +95,11 @@ class LCAGModule(pl.LightningModule):
             logits as node scores) in the training loss; 0 leaves it out.
         tree_loss_max_leaves: the tree loss is computed for training batches of at most this
             many leaves (it costs ``O(3^L C)`` per event).
+        type_loss_weight: weight of the particle-type head's cross-entropy (a linear layer on
+            the leaf embeddings classifying each leaf's species, ``lcag.data_gen.detector.
+            SPECIES``, from datasets generated with a ``detector``) in the training loss; 0
+            (default) builds no head. Accuracy per species is logged at validation and test.
+        n_species: species classes of the particle-type head.
         target: ``lcag`` (heights) or ``lcas`` (stages, :mod:`lcag.stages`; the data module's
             ``target`` must agree). With ``lcas`` the same metrics are reported, decoding
             is :func:`lcag.decode.stages.decode_lcas` and the valid-argmax rate counts valid
@@ -126,6 +131,8 @@ class LCAGModule(pl.LightningModule):
         tree_loss_weight: float = 0.0,
         tree_loss_max_leaves: int = 8,
         target: Literal["lcag", "lcas"] = "lcag",
+        type_loss_weight: float = 0.0,
+        n_species: int = 7,
     ) -> None:
         super().__init__()
         if target not in ("lcag", "lcas"):
@@ -194,6 +201,15 @@ class LCAGModule(pl.LightningModule):
                 subset: nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.weight_grid)
                 for subset in VAL_SUBSETS
             }
+        )
+        self.type_head = nn.Linear(model.leaf_dim, n_species) if type_loss_weight > 0 else None
+        self.type_metrics = nn.ModuleDict(
+            {
+                f"{subset}_set": SpeciesAccuracy(n_species)
+                for subset in ("train", *VAL_SUBSETS, *TEST_SUBSETS)
+            }
+            if self.type_head is not None
+            else {}
         )
         self.results: dict[str, dict[str, Any]] = {}
         self._selection: dict[str, torch.Tensor] = {}  # val/score and the chosen weights
@@ -300,6 +316,8 @@ class LCAGModule(pl.LightningModule):
         loss = self.loss(logits, target)
         if subset == "train":  # the node losses train; evaluation reports the pair loss
             loss = self._node_losses(loss, logits, leaves, batch)
+        if self.type_head is not None:
+            loss = self._type_step(loss, leaves, batch, subset)
         pred = _as_lcag(logits.argmax(dim=1), mask)
         metrics = self.metrics[f"{subset}_set"]
         metrics["perfect_argmax"].update(pred, target, n_leaves)
@@ -319,6 +337,25 @@ class LCAGModule(pl.LightningModule):
             sync_dist=subset != "train",
         )
         return loss
+
+    def _type_step(
+        self, loss: torch.Tensor, leaves: torch.Tensor, batch: dict[str, torch.Tensor], subset: str
+    ) -> torch.Tensor:
+        """Particle-type head on leaf embeddings ``(B, L, D)``: accuracy per species, and on
+        training its weighted cross-entropy added to ``loss``."""
+        if "species" not in batch:
+            raise ConfigError(
+                "type_loss_weight > 0 needs leaf species: a dataset generated with a "
+                "'detector' section"
+            )
+        species = batch["species"]
+        type_logits = self.type_head(leaves)  # (B, L, S)
+        self.type_metrics[f"{subset}_set"].update(type_logits.argmax(-1), species)
+        if subset != "train":
+            return loss
+        type_loss = F.cross_entropy(type_logits.flatten(0, 1), species.flatten(), ignore_index=-1)
+        self.log("train/type_loss", type_loss, batch_size=len(species), on_epoch=True)
+        return loss + self.hparams.type_loss_weight * type_loss
 
     def _node_losses(
         self,
@@ -499,8 +536,19 @@ class LCAGModule(pl.LightningModule):
             values[f"{subset}/perfect_L{n}"] = torch.tensor(rate)
         if subset == "val":
             values.update(self._selection)
+        species_rates: dict[str, tuple[float, int]] = {}
+        if self.type_head is not None:
+            from lcag.data_gen.detector import SPECIES
+
+            metric = self.type_metrics[f"{subset}_set"]
+            with metric.sync_context():
+                rates = metric.per_species()
+            values[f"{subset}/type_accuracy"] = metric.compute()
+            species_rates = {name: rate for name, rate in zip(SPECIES, rates, strict=False)}
+            metric.reset()
         self.log_dict(values, add_dataloader_idx=False)
         self.results[subset] = {
+            **({"type_accuracy_by_species": species_rates} if species_rates else {}),
             **{key.split("/", 1)[1]: float(value) for key, value in values.items()},
             "by_size": by_size,
             "events": int(metrics["perfect_argmax"].total.sum()),

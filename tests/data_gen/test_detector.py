@@ -359,3 +359,38 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
             default_root_dir=tmp_path / "mismatch",
             enable_progress_bar=False,
         ).fit(LCAGModule(model, node_evidence="none"), dm)
+
+
+def test_particle_type_head_learns_species(detector_dataset: Path, tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from lcag.data import LCAGDataModule
+    from lcag.models import LCAGTransformer
+    from lcag.module import LCAGModule
+
+    pl.seed_everything(0)
+    dm = LCAGDataModule(str(detector_dataset), batch_size=16)
+    model = LCAGTransformer(n_classes=8, n_features=11, dim=16, depth=1, heads=2)
+    module = LCAGModule(model, node_evidence="none", type_loss_weight=1.0, lr=1e-2)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, dm)
+    trainer.test(module, dm, verbose=False)
+    by_species = module.results["test"]["type_accuracy_by_species"]
+    assert list(by_species) == list(SPECIES)
+    photons, pions = by_species["gamma"], by_species["pi"]
+    assert photons[1] > 0
+    assert pions[1] > 0
+    assert photons[0] > 0.9  # the photon flag is a feature
+    assert module.results["test"]["type_accuracy"] > 0.6
+    plain = LCAGModule(model, node_evidence="none")
+    assert plain.type_head is None
