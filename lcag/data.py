@@ -60,13 +60,7 @@ class LCAGDataset(Dataset):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.columns = feature_columns(self.manifest, features, self.root)
-        if target not in ("lcag", "lcas"):
-            raise DatasetError(f"target: expected 'lcag' or 'lcas', got {target!r}")
-        if target == "lcas" and "lcas" not in self.manifest:
-            raise DatasetError(
-                f"{self.root}: no LCAS targets (generate with an 'lcas' section in the config)"
-            )
-        self.target = target
+        self.target = check_target(self.manifest, target, self.root)
         if split not in self.manifest["splits"]:
             raise DatasetError(
                 f"{self.root}: no split {split!r} (has {', '.join(self.manifest['splits'])})"
@@ -239,7 +233,7 @@ def feature_columns(
         DatasetError: a name the dataset lacks (its names listed), a repeated name, or a
             selection not starting with ``px, py, pz, E`` (pair features read those).
     """
-    have = list(manifest.get("features", ["px", "py", "pz", "E"]))
+    have = list(manifest.get("features", FEATURES))
     if names is None:
         return list(range(len(have)))
     names = list(names)
@@ -248,9 +242,24 @@ def feature_columns(
         raise DatasetError(f"{root}: no feature {missing[0]!r} (it has {', '.join(have)})")
     if len(set(names)) != len(names):
         raise DatasetError(f"features = {names}: a feature is named twice")
-    if names[:4] != ["px", "py", "pz", "E"]:
+    if names[:4] != list(FEATURES):
         raise DatasetError(f"features = {names}: must start with px, py, pz, E")
     return [have.index(n) for n in names]
+
+
+def check_target(manifest: dict[str, Any], target: str, root: Path | str = "dataset") -> str:
+    """``target`` when the dataset holds it (``lcag`` always, ``lcas`` when generated so).
+
+    Raises:
+        DatasetError: an unknown target, or ``lcas`` from a dataset without it.
+    """
+    if target not in ("lcag", "lcas"):
+        raise DatasetError(f"target: expected 'lcag' or 'lcas', got {target!r}")
+    if target == "lcas" and "lcas" not in manifest:
+        raise DatasetError(
+            f"{root}: no LCAS targets (generate with an 'lcas' section in the config)"
+        )
+    return target
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -412,7 +421,7 @@ class LCAGDataModule(pl.LightningDataModule):
         self.manifest = read_manifest(self.data_dir)
         self.columns = feature_columns(self.manifest, features, self.data_dir)
         self.features = [self.manifest.get("features", FEATURES)[c] for c in self.columns]
-        LCAGDataset(self.data_dir, "train", max_events=0, target=target)  # checks the target
+        check_target(self.manifest, target, self.data_dir)
         self.datasets: dict[str, LCAGDataset] = {}
         if verify_checksums:  # here, so a damaged file stops the run before the trainer starts
             for split in self.manifest["splits"]:

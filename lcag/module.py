@@ -245,10 +245,10 @@ class LCAGModule(pl.LightningModule):
             )
         mean, std = datamodule.normalisation
         if len(mean) != len(self.feature_mean):
-            names = getattr(datamodule, "features", None) or f"{len(mean)} features"
+            names = ", ".join(getattr(datamodule, "features", None) or ["no names"])
             raise ConfigError(
                 f"model.n_features = {len(self.feature_mean)}, but the data gives {len(mean)} "
-                f"per leaf ({', '.join(names) if isinstance(names, list) else names}); set "
+                f"per leaf ({names}); set "
                 "model.init_args.n_features, or data.features to choose columns"
             )
         if stage == "fit" and not torch.any(self.feature_mean != 0):
@@ -483,7 +483,7 @@ class LCAGModule(pl.LightningModule):
         self, probs: np.ndarray, mask: np.ndarray, node_scores: np.ndarray | None = None
     ) -> np.ndarray:
         """Valid-tree decoding of the module's target (LCAG heights or LCAS stages)."""
-        if self.hparams.get("target", "lcag") == "lcas":
+        if self.hparams.target == "lcas":
             return decode_lcas(probs, mask, node_scores=node_scores)
         return decode(probs, mask, node_scores=node_scores)
 

@@ -26,6 +26,8 @@ __all__ = [
     "DETECTOR_FEATURES",
     "PHOTON",
     "SPECIES",
+    "acceptance_guess",
+    "background_species",
     "beam_background",
     "leaf_species",
     "measure",
@@ -35,7 +37,7 @@ __all__ = [
 SPECIES = ("e", "mu", "pi", "K", "p", "gamma", "K_L0/n")  # leaf species classes 0..6
 TRACKS = {11: 0, 13: 1, 211: 2, 321: 3, 2212: 4}  # |PDG id| -> species (and PID row)
 PHOTON, NEUTRAL_HADRON = 5, 6
-NEUTRAL_HADRONS = {130: NEUTRAL_HADRON, 2112: NEUTRAL_HADRON}
+SPECIES_OF_PDG = {**TRACKS, 22: PHOTON, 130: NEUTRAL_HADRON, 2112: NEUTRAL_HADRON}  # |PDG id|
 DETECTOR_FEATURES = ("px", "py", "pz", "E", "charge", "is_photon")
 DETECTOR_FEATURES += ("pid_e", "pid_mu", "pid_pi", "pid_K", "pid_p")
 PION_MASS = 0.13957039  # GeV (PDG), the mass of background tracks
@@ -55,7 +57,7 @@ def leaf_species(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
     charges = np.empty(tree.n_leaves)
     for leaf in tree.leaves:
         pdg = int(tree.pdg_ids[leaf])
-        kind = {**TRACKS, 22: PHOTON, **NEUTRAL_HADRONS}.get(abs(pdg))
+        kind = SPECIES_OF_PDG.get(abs(pdg))
         if kind is None:
             raise ConfigError(
                 f"detector: leaf {leaf} ({tree.label(leaf)}, PDG id {pdg}) of a "
@@ -116,19 +118,12 @@ def measure(
     sigma_pt = np.hypot(a * pt, b / np.maximum(beta, 1e-12))
     pt_meas = np.maximum(pt * (1.0 + sigma_pt * noise[..., 0]), 1e-9)
 
-    response = [_cluster(detector, s) for s in species]
-    res = np.array([r.energy_resolution for r in response])  # (L, 2)
-    sigma_t = res[:, 0] / np.sqrt(np.maximum(kinetic, 1e-12)) + res[:, 1]
+    leaf = _leaf_response(species, detector)
+    sigma_t = leaf["res_a"] / np.sqrt(np.maximum(kinetic, 1e-12)) + leaf["res_b"]
     t_meas = np.maximum(kinetic * (1.0 + sigma_t * noise[..., 0]), 0.0)
 
-    angle = np.array(
-        [
-            detector.tracks.angle_resolution if t else r.angle_resolution
-            for t, r in zip(track, response, strict=True)
-        ]
-    )
-    theta_meas = _reflect(theta + angle * noise[..., 1])
-    phi_meas = phi + angle * noise[..., 2]
+    theta_meas = _reflect(theta + leaf["angle"] * noise[..., 1])
+    phi_meas = phi + leaf["angle"] * noise[..., 2]
     sin_t, cos_t = np.sin(theta_meas), np.cos(theta_meas)
     p_cluster = np.sqrt(t_meas * (t_meas + 2.0 * masses))
     p_meas = np.where(track, pt_meas / np.maximum(sin_t, 1e-12), p_cluster)
@@ -141,21 +136,24 @@ def measure(
     features[..., 5] = species == PHOTON
     features[..., 6:] = pid_features(species, gumbel, detector)
 
-    efficiency = np.array(
-        [
-            detector.tracks.efficiency if t else r.efficiency
-            for t, r in zip(track, response, strict=True)
-        ]
-    )
-    threshold = np.array(
-        [
-            detector.tracks.min_pt if t else r.min_energy
-            for t, r in zip(track, response, strict=True)
-        ]
-    )
-    visible = np.where(track, pt, kinetic) >= threshold
-    found = (found_draw < efficiency) & visible
+    visible = np.where(track, pt, kinetic) >= leaf["threshold"]
+    found = (found_draw < leaf["efficiency"]) & visible
     return features, found.all(axis=1)
+
+
+def _leaf_response(species: Sequence[int], detector: Detector) -> dict[str, np.ndarray]:
+    """Per leaf ``(L,)``: the response parameters of its species (track or cluster):
+    ``angle``, ``efficiency``, ``threshold`` (min pT or min kinetic energy) and the cluster
+    energy resolution ``res_a``, ``res_b`` (unused for tracks)."""
+    rows = []
+    for s in species:
+        cluster = _cluster(detector, s)
+        part = detector.tracks if s < PHOTON else cluster
+        threshold = detector.tracks.min_pt if s < PHOTON else cluster.min_energy
+        rows.append((part.angle_resolution, part.efficiency, threshold, *cluster.energy_resolution))
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), 5)
+    keys = ("angle", "efficiency", "threshold", "res_a", "res_b")
+    return {key: table[:, k] for k, key in enumerate(keys)}
 
 
 def _cluster(detector: Detector, species: int) -> ClusterResponse:
@@ -186,14 +184,15 @@ def pid_features(species: np.ndarray, gumbel: np.ndarray, detector: Detector) ->
 
 def beam_background(
     n_events: int, detector: Detector, rng: np.random.Generator
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
+) -> list[np.ndarray]:
     """Per event, Poisson numbers of beam-background photons and pion tracks, as measured.
 
     Photons: ``E = min_energy + Exp(photon_energy)``; tracks: either charge, ``pT = min_pt +
-    Exp(track_pt)``; directions isotropic; tracks get pion PID responses.
+    Exp(track_pt)``; directions isotropic; tracks get pion PID responses. Each event lists its
+    photons first; :func:`background_species` gives the leaves' species.
 
     Returns:
-        ``n_events`` feature arrays ``(k_e, 11)`` and ``n_events`` species arrays ``(k_e,)``.
+        ``n_events`` feature arrays ``(k_e, 11)``.
     """
     bg = detector.background
     n_photons = rng.poisson(bg.photons, size=n_events)
@@ -214,30 +213,21 @@ def beam_background(
     features[:, 3] = np.concatenate([energy, np.hypot(p[g:], PION_MASS)])
     features[g:, 4] = charge
     features[:g, 5] = 1.0
-    species = np.concatenate([np.full(g, PHOTON), np.full(t, TRACKS[211])]).astype(np.int8)
-    features[g:, 6:] = pid_features(species[g:], gumbel, detector)
-    photon_split = np.cumsum(n_photons)[:-1]
-    track_split = np.cumsum(n_tracks)[:-1]
-    out_features, out_species = [], []
-    for ph_f, tr_f, ph_s, tr_s in zip(
-        np.split(features[:g], photon_split),
-        np.split(features[g:], track_split),
-        np.split(species[:g], photon_split),
-        np.split(species[g:], track_split),
-        strict=True,
-    ):
-        out_features.append(np.concatenate([ph_f, tr_f]))
-        out_species.append(np.concatenate([ph_s, tr_s]))
-    return out_features, out_species
+    features[g:, 6:] = pid_features(np.full(t, TRACKS[211]), gumbel, detector)
+    # photons of all events, then tracks: a stable sort by event lists each event's photons
+    # first, then its tracks
+    event = np.concatenate(
+        [np.repeat(np.arange(n_events), n_photons), np.repeat(np.arange(n_events), n_tracks)]
+    )
+    order = np.argsort(event, kind="stable")
+    return np.split(features[order], np.cumsum(n_photons + n_tracks)[:-1])
+
+
+def background_species(features: np.ndarray) -> np.ndarray:
+    """Species ``(...)`` int8 of background leaves ``(..., 11)``: photons or pions."""
+    return np.where(features[..., 5] > 0, PHOTON, TRACKS[211]).astype(np.int8)
 
 
 def acceptance_guess(species: Sequence[int], detector: Detector) -> float:
     """The efficiencies' product for one event of these leaf species (thresholds ignored)."""
-    return float(
-        np.prod(
-            [
-                detector.tracks.efficiency if s < PHOTON else _cluster(detector, s).efficiency
-                for s in species
-            ]
-        )
-    )
+    return float(np.prod(_leaf_response(species, detector)["efficiency"]))

@@ -743,18 +743,21 @@ def _shard_events(
             leaf_masses = topology.tree.masses[: topology.n_leaves]
             leaves = smear(block.leaves, leaf_masses, cfg.kinematics.momentum_resolution, rng)
             background = add_background(len(leaves), cfg.kinematics, final_state, rng)
-            extra_species = None
         else:
-            from lcag.data_gen.detector import beam_background, leaf_species
+            from lcag.data_gen.detector import background_species, beam_background, leaf_species
 
             leaves = block
-            background, extra_species = beam_background(len(leaves), cfg.detector, rng)
+            background = beam_background(len(leaves), cfg.detector, rng)
             species = leaf_species(topology)[0]
         for n_extra in sorted({len(b) for b in background}):
             events = [e for e, b in enumerate(background) if len(b) == n_extra]
             extra = np.stack([background[e] for e in events]) if n_extra else None
-            if extra_species is not None:
-                tail = np.stack([extra_species[e] for e in events]).reshape(len(events), n_extra)
+            if cfg.detector is not None:
+                tail = (
+                    np.zeros((len(events), 0), np.int8)
+                    if extra is None
+                    else background_species(extra)
+                )
                 head = np.broadcast_to(species, (len(events), len(species)))
                 columns = {"species": np.concatenate([head, tail], axis=1)}
             part = _shuffled(

@@ -15,6 +15,7 @@ from lcag.data_gen.detector import (
     DETECTOR_FEATURES,
     PHOTON,
     SPECIES,
+    background_species,
     beam_background,
     measure,
 )
@@ -88,6 +89,14 @@ def test_pulls_have_unit_width_per_species() -> None:
             assert abs(values.std() - 1) < 0.03, (SPECIES[s], name, values.std())
 
 
+def test_default_ecl_resolution_follows_the_three_term_formula() -> None:
+    # Belle ECL: sigma(E)/E = 0.066 % / E (+) 0.81 % / E^(1/4) (+) 1.34 %, 0.1 to 5 GeV
+    a, b = Detector().photons.energy_resolution
+    energy = np.linspace(0.1, 5.0, 500)
+    three_terms = np.sqrt((0.00066 / energy) ** 2 + (0.0081 / energy**0.25) ** 2 + 0.0134**2)
+    assert np.abs(a / np.sqrt(energy) + b - three_terms).max() < 0.0004
+
+
 def test_features_charge_photon_flag_and_pid_rows() -> None:
     detector = Detector()
     species = [PI, E_, GAMMA, KL]
@@ -129,7 +138,8 @@ def test_beam_background_spectra_and_counts() -> None:
     detector = Detector()
     detector.background.photons, detector.background.tracks = 2.0, 0.5
     n = 20_000
-    features, species = beam_background(n, detector, np.random.default_rng(3))
+    features = beam_background(n, detector, np.random.default_rng(3))
+    species = [background_species(f) for f in features]
     counts = np.array([len(s) for s in species])
     assert abs(counts.mean() - 2.5) < 5 * np.sqrt(2.5 / n)
     all_f, all_s = np.concatenate(features), np.concatenate(species)
@@ -236,6 +246,22 @@ def test_detector_needs_a_decay_table() -> None:
 
 
 # ---------------------------------------------------------------- training on the features
+def _trainer(root: Path, **options: object):
+    """A quiet CPU trainer writing under ``root`` (``options`` set the length)."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        **options,
+    )
+
+
 def test_data_module_selects_features_and_targets_by_name(detector_dataset: Path) -> None:
     from lcag.data import LCAGDataModule
     from lcag.errors import DatasetError
@@ -278,24 +304,13 @@ def test_a_model_trains_on_detector_features(
     dm = LCAGDataModule(str(detector_dataset), batch_size=32, features=features)
     width = len(dm.features)
     module = LCAGModule(LCAGTransformer(n_classes=8, n_features=width, dim=16, depth=1, heads=2))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        limit_val_batches=1,
-    )
+    trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=1)
     trainer.fit(module, dm)
     assert module.feature_mean.shape == (width,)
     assert torch.allclose(module.feature_mean, torch.tensor(dm.normalisation[0]).float())
 
 
 def test_feature_count_mismatch_is_named(detector_dataset: Path, tmp_path: Path) -> None:
-    import lightning.pytorch as pl
 
     from lcag.data import LCAGDataModule
     from lcag.models import LCAGTransformer
@@ -303,14 +318,7 @@ def test_feature_count_mismatch_is_named(detector_dataset: Path, tmp_path: Path)
 
     dm = LCAGDataModule(str(detector_dataset), batch_size=32)
     module = LCAGModule(LCAGTransformer(n_classes=8, n_features=4, dim=16, depth=1, heads=2))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _trainer(tmp_path, max_steps=1)
     with pytest.raises(ConfigError, match=r"n_features = 4, but the data gives 11 .*pid_p"):
         trainer.fit(module, dm)
 
@@ -327,18 +335,7 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
     dm = LCAGDataModule(str(detector_dataset), batch_size=32, target="lcas")
     model = LCAGTransformer(n_classes=dm.n_classes, n_features=11, dim=16, depth=1, heads=2)
     module = LCAGModule(model, target="lcas", node_evidence="none")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        limit_val_batches=2,
-    )
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=2)
     trainer.fit(module, dm)
     assert "val/perfect_decoded" in trainer.callback_metrics
     batch = next(
@@ -352,13 +349,9 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
     with pytest.raises(ConfigError, match="LCAG-only"):
         LCAGModule(model, target="lcas")
     with pytest.raises(ConfigError, match="data module reads 'lcas'"):
-        pl.Trainer(
-            accelerator="cpu",
-            max_steps=1,
-            logger=False,
-            default_root_dir=tmp_path / "mismatch",
-            enable_progress_bar=False,
-        ).fit(LCAGModule(model, node_evidence="none"), dm)
+        _trainer(tmp_path / "mismatch", max_steps=1).fit(
+            LCAGModule(model, node_evidence="none"), dm
+        )
 
 
 def test_particle_type_head_learns_species(detector_dataset: Path, tmp_path: Path) -> None:
@@ -372,17 +365,7 @@ def test_particle_type_head_learns_species(detector_dataset: Path, tmp_path: Pat
     dm = LCAGDataModule(str(detector_dataset), batch_size=16)
     model = LCAGTransformer(n_classes=8, n_features=11, dim=16, depth=1, heads=2)
     module = LCAGModule(model, node_evidence="none", type_loss_weight=1.0, lr=1e-2)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-    )
+    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False)
     trainer.fit(module, dm)
     trainer.test(module, dm, verbose=False)
     by_species = module.results["test"]["type_accuracy_by_species"]
