@@ -4,11 +4,13 @@ comparisons of decoded trees and their scores allow."""
 from __future__ import annotations
 
 import itertools
+from functools import cache
 
 import numpy as np
 from hypothesis import strategies as st
 
 from lcag import DecayTree, is_valid_lcag, tree_score
+from lcag.matrix import tree_to_lcas
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.2e-7
 EPS64 = float(np.finfo(np.float64).eps)  # 2.2e-16
@@ -139,3 +141,22 @@ def all_shapes(items: tuple) -> list:
         if len(partition) >= 2:
             shapes += itertools.product(*(all_shapes(block) for block in partition))
     return shapes
+
+
+def labelled_lcas(tree: DecayTree, labels: dict[int, int]) -> np.ndarray:
+    """The LCAS of ``tree`` with stage ``labels[node]`` on every inner node."""
+    return tree_to_lcas(tree, lambda node: labels[node])
+
+
+@cache
+def all_valid_lcas(n_leaves: int, n_stages: int) -> frozenset[bytes]:
+    """Every stage labelling (stages 1..K, strictly falling downwards) of every tree."""
+    found = set()
+    for shape in all_shapes(tuple(range(n_leaves))):
+        tree = DecayTree.from_nested(shape)
+        inner = list(tree.inner_nodes)
+        for stages in itertools.product(range(1, n_stages + 1), repeat=len(inner)):
+            labels = dict(zip(inner, stages, strict=True))
+            if all(labels[tree.parent(v)] > labels[v] for v in inner if tree.parent(v) >= 0):
+                found.add(labelled_lcas(tree, labels).astype(np.int64).tobytes())
+    return frozenset(found)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from functools import cache
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import all_shapes, decay_trees, one_hot_probs
+from strategies import all_valid_lcas, decay_trees, labelled_lcas, one_hot_probs
 
 from lcag.decode.scores import pair_log_scores
 from lcag.decode.stages import decode_lcas
@@ -17,24 +16,6 @@ from lcag.errors import InvalidInputError
 from lcag.matrix import tree_to_lcas
 from lcag.stages import is_valid_lcas, lcas_to_tree, node_stages, tree_to_stage_lcas
 from lcag.tree import DecayTree
-
-
-def _labelled(tree: DecayTree, labels: dict[int, int]) -> np.ndarray:
-    return tree_to_lcas(tree, lambda node: labels[node])
-
-
-@cache
-def all_valid_lcas(n_leaves: int, n_stages: int) -> frozenset[bytes]:
-    """Every stage labelling (stages 1..K, strictly falling downwards) of every tree."""
-    found = set()
-    for shape in all_shapes(tuple(range(n_leaves))):
-        tree = DecayTree.from_nested(shape)
-        inner = list(tree.inner_nodes)
-        for stages in itertools.product(range(1, n_stages + 1), repeat=len(inner)):
-            labels = dict(zip(inner, stages, strict=True))
-            if all(labels[tree.parent(v)] > labels[v] for v in inner if tree.parent(v) >= 0):
-                found.add(_labelled(tree, labels).astype(np.int64).tobytes())
-    return frozenset(found)
 
 
 def _symmetric(n: int, values: tuple[int, ...]) -> np.ndarray:
@@ -67,7 +48,7 @@ def staged_trees(draw: st.DrawFn) -> tuple[DecayTree, dict[int, int]]:
 @given(staged_trees())
 def test_lcas_to_tree_round_trips(staged: tuple[DecayTree, dict[int, int]]) -> None:
     tree, labels = staged
-    m = _labelled(tree, labels)
+    m = labelled_lcas(tree, labels)
     assert is_valid_lcas(m)
     rebuilt, stages = lcas_to_tree(m)
     np.testing.assert_array_equal(tree_to_lcas(rebuilt, lambda v: int(stages[v])), m)
@@ -96,7 +77,7 @@ def test_exact_lcas_decoding_is_the_brute_force_optimum(n: int, k: int, seed: in
 
 def test_decoding_recovers_a_valid_target_and_keeps_padding() -> None:
     tree = DecayTree.from_nested(((0, 1), ((2, 3), 4), 5))
-    target = _labelled(tree, {n: 2 * int(tree.heights[n]) for n in tree.inner_nodes})
+    target = labelled_lcas(tree, {n: 2 * int(tree.heights[n]) for n in tree.inner_nodes})
     probs = one_hot_probs(target, 7)
     np.testing.assert_array_equal(decode_lcas(probs), target)
     batch = np.zeros((2, 7, 7, 7))
@@ -154,7 +135,7 @@ def test_subdominant_lcas_is_valid_below_and_keeps_valid_input(
     from lcag.decode.stages import subdominant_lcas
 
     tree, labels = staged
-    m = _labelled(tree, labels).astype(np.int64)
+    m = labelled_lcas(tree, labels).astype(np.int64)
     np.testing.assert_array_equal(subdominant_lcas(m[None])[0], m)
     n = len(m)
     noisy = m + np.random.default_rng(seed).integers(-1, 2, size=m.shape)

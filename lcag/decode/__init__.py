@@ -52,6 +52,7 @@ from typing import Literal
 
 import numpy as np
 
+from lcag.decode.background import background_leaves, pair_sum, zero_outside
 from lcag.decode.dendrogram import decode_dendrogram, log_partition_dendrogram
 from lcag.decode.exact import decode_exact
 from lcag.decode.partition import log_partition_exact
@@ -87,6 +88,7 @@ def decode(
     node_scores: np.ndarray | None = None,
     method: Method = "auto",
     exact_max_leaves: int = EXACT_MAX_LEAVES,
+    background: bool = False,
     eps: float = 1e-12,
 ) -> np.ndarray:
     """The most probable valid LCAG for each event.
@@ -100,41 +102,55 @@ def decode(
         method: ``"auto"`` (exact up to ``exact_max_leaves`` real leaves, else approximate),
             ``"exact"``, ``"approx"`` or ``"argmax"``; see the module docstring.
         exact_max_leaves: the largest leaf count ``"auto"`` decodes exactly.
+        background: class 0 means "not in the tree" (:mod:`lcag.decode.background`): the
+            tree may leave leaves out, whose pairs are 0. Default: every leaf is in the tree
+            and class 0 is ignored. With ``"argmax"``, class 0 competes like any other.
         eps: floor applied to probabilities before the logarithm.
 
     Returns:
-        int64 LCAG ``(L, L)`` or ``(N, L, L)``; diagonal 0, padding -1, heights in 1..C-1.
-        Except for ``"argmax"``, every event's matrix is a valid LCAG.
+        int64 LCAG ``(L, L)`` or ``(N, L, L)``; diagonal 0, padding -1, heights in 1..C-1
+        (and 0 for the pairs of leaves left out). Except for ``"argmax"``, every event's
+        matrix is a valid LCAG (on the leaves in its tree).
     """
     if method not in ("auto", "exact", "approx", "argmax"):
         raise InvalidInputError(
             f"method: expected 'auto', 'exact', 'approx' or 'argmax', got {method!r}"
         )
-    scores, mask, single = prepare_scores(probs, mask, eps)
+    if method == "argmax" and background:
+        return decode_argmax(probs, mask)
+    scores, mask, single = prepare_scores(probs, mask, eps, keep_class_zero=True)
+    zero, scores = scores[..., 0], scores[..., 1:]
     if method == "argmax":
         out = argmax_classes(scores, mask)
         return out[0] if single else out
     N, L = mask.shape
     nodes = prepare_node_scores(node_scores, N, L, single)
+    exact_limit = {"exact": L, "approx": 1}.get(method, exact_max_leaves)
+    tree = mask
+    if background:
+        tree = mask & ~background_leaves(zero, scores, mask, mask.sum(axis=1) > exact_limit)
     out = np.full((N, L, L), -1, dtype=np.int64)
-    counts = mask.sum(axis=1)
+    counts = tree.sum(axis=1)
     for n_real in np.unique(counts).tolist():
         events = np.flatnonzero(counts == n_real)
         # Gather each event's real leaves to the front: (E, n, n, C-1).
-        leaf_idx = np.argsort(~mask[events], axis=1, kind="stable")[:, :n_real]
-        sub = scores[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]]
+        leaf_idx = np.argsort(~tree[events], axis=1, kind="stable")[:, :n_real]
+        gather = events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]
+        sub = scores[gather]
         if n_real == 0:
             continue
         if n_real == 1:
             decoded = np.zeros((len(events), 1, 1), dtype=np.int64)
-        elif method == "exact" or (method == "auto" and n_real <= exact_max_leaves):
-            decoded = decode_exact(sub, gather_node_scores(nodes, events, leaf_idx))
+        elif n_real <= exact_limit:
+            free = zero[gather] if background else None
+            decoded = decode_exact(sub, gather_node_scores(nodes, events, leaf_idx), free)
         elif nodes is None:
             decoded = decode_dendrogram(sub)
         else:
             bits = np.int64(1) << leaf_idx.astype(np.int64)
             decoded = decode_dendrogram(sub, bits, nodes[events])
-        out[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]] = decoded
+        out[gather] = decoded
+    out = zero_outside(out, mask)
     return out[0] if single else out
 
 
@@ -190,6 +206,7 @@ def log_partition(
     *,
     node_scores: np.ndarray | None = None,
     exact_max_leaves: int = EXACT_MAX_LEAVES,
+    background: bool = False,
     eps: float = 1e-12,
 ) -> float | np.ndarray:
     """``log Z = log sum_T exp(score(T))`` over every valid LCAG ``T`` with heights ``1..C-1``.
@@ -202,29 +219,41 @@ def log_partition(
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` (module docstring).
         exact_max_leaves: events with more real leaves get the log-partition over the
             approximate decoder's trees (module docstring), a lower bound.
+        background: the sum runs over every tree on every leaf set of at least two leaves
+            (the others' pairs class 0), as :func:`decode` with ``background`` chooses among;
+            above ``exact_max_leaves``, over the trees on the leaves it keeps.
         eps: floor applied to probabilities before the logarithm.
 
     Returns:
         A float, or ``(N,)`` float64 for a batch (0 for events of at most one leaf).
     """
-    scores, mask, single = prepare_scores(probs, mask, eps)
+    scores, mask, single = prepare_scores(probs, mask, eps, keep_class_zero=True)
+    zero, scores = scores[..., 0], scores[..., 1:]
     N, L = mask.shape
     nodes = prepare_node_scores(node_scores, N, L, single)
     out = np.zeros(N)
-    counts = mask.sum(axis=1)
+    tree = mask
+    if background:
+        tree = mask & ~background_leaves(zero, scores, mask, mask.sum(axis=1) > exact_max_leaves)
+        out += pair_sum(zero, mask) - pair_sum(zero, tree)  # pairs with a leaf set aside
+    counts = tree.sum(axis=1)
     for n_real in np.unique(counts).tolist():
         events = np.flatnonzero(counts == n_real)
         if n_real < 2:
             continue
-        leaf_idx = np.argsort(~mask[events], axis=1, kind="stable")[:, :n_real]
-        sub = scores[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]]
+        leaf_idx = np.argsort(~tree[events], axis=1, kind="stable")[:, :n_real]
+        gather = events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]
+        sub = scores[gather]
         if n_real <= exact_max_leaves:
-            out[events] = log_partition_exact(sub, gather_node_scores(nodes, events, leaf_idx))
+            free = zero[gather] if background else None
+            out[events] += log_partition_exact(
+                sub, gather_node_scores(nodes, events, leaf_idx), free
+            )
         elif nodes is None:
-            out[events] = log_partition_dendrogram(sub)
+            out[events] += log_partition_dendrogram(sub)
         else:
             bits = np.int64(1) << leaf_idx.astype(np.int64)
-            out[events] = log_partition_dendrogram(sub, bits, nodes[events])
+            out[events] += log_partition_dendrogram(sub, bits, nodes[events])
     return float(out[0]) if single else out
 
 
@@ -235,19 +264,21 @@ def top_k(
     *,
     node_scores: np.ndarray | None = None,
     exact_max_leaves: int = EXACT_MAX_LEAVES,
+    background: bool = False,
     eps: float = 1e-12,
 ) -> list[tuple[np.ndarray, float]] | list[list[tuple[np.ndarray, float]]]:
     """The ``k`` highest-scoring valid LCAGs of each event, best first, with their scores.
 
     Exact up to ``exact_max_leaves`` real leaves (Lawler's partitioning, see
-    :mod:`lcag.decode.topk`); above it, only the decoded tree. Fewer than ``k`` trees come
-    back when fewer valid trees exist (one for two leaves).
+    :mod:`lcag.decode.topk`); above it, and with ``background``, only the decoded tree.
+    Fewer than ``k`` trees come back when fewer valid trees exist (one for two leaves).
 
     Args:
         probs: ``(L, L, C)`` or ``(N, L, L, C)``.
         k: trees per event, >= 1.
         mask: ``(N, L)`` bool, ``True`` for real leaves.
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` (module docstring).
+        background: as for :func:`decode`; only the decoded tree comes back then.
 
     Returns:
         For one event a list of ``(lcag (L, L) int64, score)``; for a batch one such list per
@@ -263,11 +294,12 @@ def top_k(
         real = np.flatnonzero(mask[e])
         n = len(real)
         sub_nodes = gather_node_scores(nodes, np.array([e]), real[None])[0]
-        if n > exact_max_leaves or n < 2:
+        if n > exact_max_leaves or n < 2 or background:
             batch = None if single else mask[e : e + 1]
             one = decode(probs if single else probs[e : e + 1], batch, method="auto",
                          node_scores=None if nodes is None else nodes[e : e + 1],
-                         exact_max_leaves=exact_max_leaves, eps=eps)  # fmt: skip
+                         exact_max_leaves=exact_max_leaves, background=background,
+                         eps=eps)  # fmt: skip
             one = one if single else one[0]
             score = tree_score(one, probs if single else probs[e], node_scores=(
                 None if nodes is None else nodes[e]), eps=eps)  # fmt: skip

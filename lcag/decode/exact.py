@@ -13,18 +13,31 @@ import numpy as np
 
 from lcag.decode.scores import subset_members
 
-__all__ = ["CHUNK_FLOATS", "chunks", "decode_exact", "subset_sums"]
+__all__ = [
+    "CHUNK_FLOATS",
+    "background_sums",
+    "best_top",
+    "chunks",
+    "decode_exact",
+    "subset_sums",
+]
 
 CHUNK_FLOATS = 1 << 23  # events are handled in chunks of this many subset-table entries
 
 
-def decode_exact(scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+def decode_exact(
+    scores: np.ndarray, nodes: np.ndarray, background: np.ndarray | None = None
+) -> np.ndarray:
     """Exact maximum-score valid LCAG.
 
     Args:
         scores: ``(E, n, n, H)`` pair log-scores, index ``k`` = height ``k + 1``.
         nodes: ``(E, 2^n)`` node scores by leaf bit mask, added once per inner node (root
             included).
+        background: ``(E, n, n)`` class-0 pair log-scores. When given, the tree may leave
+            leaves out: it covers the leaf set ``T`` (``|T| >= 2``) that maximises the tree's
+            score on ``T`` plus the class-0 scores of every pair with a leaf outside ``T``,
+            whose pairs are 0 in the output.
 
     Returns:
         ``(E, n, n)`` int64. Subset sums are vectorised in numpy; the dynamic programme over
@@ -33,8 +46,43 @@ def decode_exact(scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     E, n, _, H = scores.shape
     out = np.zeros((E, n, n), dtype=np.int64)
     for start, stop in chunks(E, n, H):
-        _exact_kernel(subset_sums(scores[start:stop]), nodes[start:stop], n, out[start:stop])
+        _exact_kernel(
+            subset_sums(scores[start:stop]),
+            nodes[start:stop],
+            n,
+            out[start:stop],
+            *background_sums(background, start, stop, n),
+        )
     return out
+
+
+def background_sums(
+    background: np.ndarray | None, start: int, stop: int, n: int
+) -> tuple[np.ndarray, bool]:
+    """``W0 (E, 2^n)``, the class-0 scores summed over the pairs inside each leaf set, of
+    events ``start:stop`` and whether the tree's leaf set is free (zeros and ``False``
+    without ``background``)."""
+    if background is None:
+        return np.zeros((stop - start, 1 << n)), False
+    return subset_sums(background[start:stop, :, :, None])[:, 1], True
+
+
+@numba.njit(cache=True, nogil=True)
+def best_top(F: np.ndarray, W0: np.ndarray, free: bool) -> tuple[int, int]:  # pragma: no cover
+    """The tree's leaf set and root class: the full set, or with ``free`` the set ``S`` of
+    >= 2 leaves maximising ``F[c, S] - W0[S]`` (``F (K, 2^n)``, class 0 unused)."""
+    K1, full = F.shape
+    top = full - 1
+    best = -np.inf
+    root = 1
+    for S in range(full):
+        if (S & (S - 1)) == 0 or (not free and S != top):
+            continue
+        for c in range(1, K1):
+            value = F[c, S] - W0[S]
+            if value > best:
+                best, top, root = value, S, c
+    return top, root
 
 
 def chunks(E: int, n: int, H: int) -> list[tuple[int, int]]:
@@ -58,7 +106,7 @@ def subset_sums(scores: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _exact_kernel(
-    W: np.ndarray, nodes: np.ndarray, n: int, out: np.ndarray
+    W: np.ndarray, nodes: np.ndarray, n: int, out: np.ndarray, W0: np.ndarray, free: bool
 ) -> None:  # pragma: no cover - compiled
     """Subset dynamic programme for each event; writes the LCAG into ``out (E, n, n)``.
 
@@ -66,7 +114,7 @@ def _exact_kernel(
     h-2, minus W[h, B]; A[S] = best split of S into such blocks; P1[S] = the same with at
     least one block of height h-1; F[h, S] = W[h, S] + nodes[S] + best split into >= 2
     blocks with one of height h-1. Splits fix the block B holding the lowest leaf of S, so
-    each is seen once.
+    each is seen once. The root is :func:`best_top`'s.
     """
     E, H1, full = W.shape
     neg = -np.inf
@@ -138,14 +186,9 @@ def _exact_kernel(
                 else:
                     P1[S], p_whole[h, S] = best_x, False
 
-        # Backtrack from the best root height; parents are written before their blocks,
-        # which then overwrite their own pairs with lower heights.
-        top = full - 1
-        root_h = 1
-        for h in range(2, H1):
-            if F[h, top] > F[root_h, top]:
-                root_h = h
-        depth = 0
+        # Backtrack from the best root (leaf set and height); parents are written before
+        # their blocks, which then overwrite their own pairs with lower heights.
+        top, root_h = best_top(F, W0[e], free)
         stack_set[0], stack_h[0] = top, root_h
         depth = 1
         while depth > 0:

@@ -11,19 +11,24 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from lcag.decode.exact import chunks, subset_sums
+from lcag.decode.exact import background_sums, chunks, subset_sums
 
 __all__ = ["PRUNE", "log_partition_exact"]
 
 PRUNE = 40.0  # e^-40 = 4e-18: a skipped term changes the sum by less than its rounding
 
 
-def log_partition_exact(scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+def log_partition_exact(
+    scores: np.ndarray, nodes: np.ndarray, background: np.ndarray | None = None
+) -> np.ndarray:
     """``log sum_T exp(score(T))`` over every valid LCAG ``T`` with heights ``1..H``.
 
     Args:
         scores: ``(E, n, n, H)`` pair log-scores, index ``k`` = height ``k + 1``.
         nodes: ``(E, 2^n)`` node scores by leaf bit mask (root included).
+        background: ``(E, n, n)`` class-0 pair log-scores: when given, the sum runs over
+            the trees on every leaf set of >= 2 leaves, the pairs outside taking class 0
+            (as :func:`lcag.decode.exact.decode_exact` chooses).
 
     Returns:
         ``(E,)`` float64.
@@ -31,7 +36,13 @@ def log_partition_exact(scores: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     E, n, _, H = scores.shape
     out = np.zeros(E)
     for start, stop in chunks(E, n, H):
-        _partition_kernel(subset_sums(scores[start:stop]), nodes[start:stop], n, out[start:stop])
+        _partition_kernel(
+            subset_sums(scores[start:stop]),
+            nodes[start:stop],
+            n,
+            out[start:stop],
+            *background_sums(background, start, stop, n),
+        )
     return out
 
 
@@ -47,14 +58,15 @@ def _add(a: float, b: float) -> float:  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _partition_kernel(
-    W: np.ndarray, nodes: np.ndarray, n: int, out: np.ndarray
+    W: np.ndarray, nodes: np.ndarray, n: int, out: np.ndarray, W0: np.ndarray, free: bool
 ) -> None:  # pragma: no cover - compiled
     """The max-product kernel of :mod:`lcag.decode.exact` in the log-sum-exp semiring.
 
     For height h: G1[B] / G0[B] = log-sum over subtrees on block B of height exactly h-1 /
     at most h-2, minus W[h, B]; A[S] = over all splits of S into such blocks; P1[S] = the same
     with at least one block of height h-1; F[h, S] = W[h, S] + nodes[S] + over splits into
-    >= 2 blocks with one of height h-1.
+    >= 2 blocks with one of height h-1. The root set is the whole event, or with ``free``
+    every set of >= 2 leaves, its outside pairs taking their class-0 scores ``W0``.
     """
     E, H1, full = W.shape
     neg = -np.inf
@@ -99,7 +111,9 @@ def _partition_kernel(
                 F[h, S] = W[e, h, S] + nodes[e, S] + x
                 A[S] = _add(whole, y)
                 P1[S] = _add(G1[S], x)
-        total = neg
-        for h in range(1, H1):
-            total = _add(total, F[h, full - 1])
-        out[e] = total
+        total = neg  # the root: the whole event, or with ``free`` any set of >= 2 leaves
+        for S in range(3 if free else full - 1, full):
+            if S & (S - 1):
+                for h in range(1, H1):
+                    total = _add(total, F[h, S] - W0[e, S])
+        out[e] = total + W0[e, full - 1]

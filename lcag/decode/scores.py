@@ -122,7 +122,8 @@ def inner_node_masks(lcag: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     """The inner nodes (root included) of each event's LCAG as leaf-set bit masks.
 
     Args:
-        lcag: ``(N, L, L)`` valid LCAGs (padding ignored).
+        lcag: ``(N, L, L)`` valid LCAGs (padding ignored; pairs of class 0 off the diagonal
+            hold a leaf outside the tree).
         mask: ``(N, L)`` bool, real leaves.
 
     Returns:
@@ -145,7 +146,7 @@ def inner_node_bits(lcag: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     heights = np.arange(1, max(int(lcag.max(initial=0)), 0) + 1)
     if not heights.size:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pair = mask[:, :, None] & mask[:, None, :]
+    pair = mask[:, :, None] & mask[:, None, :] & (lcag > 0)  # class 0: a leaf outside the tree
     M = np.where(pair, lcag, np.iinfo(np.int64).max)
     M[:, np.arange(L), np.arange(L)] = np.where(mask, 0, np.iinfo(np.int64).max)
     below = M[:, :, None, :] <= heights[None, None, :, None]  # (N, L, H, L)

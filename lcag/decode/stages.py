@@ -14,7 +14,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from lcag.decode.exact import chunks, subset_sums
+from lcag.decode.background import background_leaves, zero_outside
+from lcag.decode.exact import background_sums, best_top, chunks, subset_sums
 from lcag.decode.scores import gather_node_scores, prepare_node_scores, prepare_scores
 
 __all__ = ["LCAS_MAX_LEAVES", "decode_lcas", "subdominant_lcas"]
@@ -27,20 +28,25 @@ def decode_lcas(
     mask: np.ndarray | None = None,
     *,
     node_scores: np.ndarray | None = None,
+    background: bool = False,
     eps: float = 1e-12,
 ) -> np.ndarray:
     """The most probable valid LCAS for each event (exact).
 
     Args:
         probs: per-pair stage probabilities ``(L, L, K + 1)`` or ``(N, L, L, K + 1)``, class
-            0 for the diagonal and background (ignored, as in :func:`lcag.decode`).
+            0 for the diagonal and background (ignored, as in :func:`lcag.decode`, unless
+            ``background``).
         mask: ``(N, L)`` bool, ``True`` for real leaves (batch only).
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` scores added once per inner node (root
             included).
+        background: class 0 means "not in the tree" (:mod:`lcag.decode.background`): the
+            tree may leave leaves out, whose pairs are 0.
         eps: floor applied to probabilities before the logarithm.
 
     Returns:
-        int64 LCAS ``(L, L)`` or ``(N, L, L)``: diagonal 0, padding -1, stages 1..K.
+        int64 LCAS ``(L, L)`` or ``(N, L, L)``: diagonal 0, padding -1, stages 1..K (0 for
+        the pairs of leaves left out).
 
     Events of more than :data:`LCAS_MAX_LEAVES` real leaves are decoded approximately: the
     per-pair most probable stages, lowered to their subdominant ultrametric
@@ -49,29 +55,41 @@ def decode_lcas(
     Raises:
         InvalidInputError: bad shapes or values.
     """
-    scores, mask, single = prepare_scores(probs, mask, eps)
+    scores, mask, single = prepare_scores(probs, mask, eps, keep_class_zero=True)
+    zero, scores = scores[..., 0], scores[..., 1:]
     N, L = mask.shape
     nodes = prepare_node_scores(node_scores, N, L, single)
-    counts = mask.sum(axis=1)
+    tree = mask
+    if background:
+        large = mask.sum(axis=1) > LCAS_MAX_LEAVES
+        tree = mask & ~background_leaves(zero, scores, mask, large)
+    counts = tree.sum(axis=1)
     out = np.full((N, L, L), -1, dtype=np.int64)
     for n_real in np.unique(counts).tolist():
         events = np.flatnonzero(counts == n_real)
         if n_real == 0:
             continue
-        leaf_idx = np.argsort(~mask[events], axis=1, kind="stable")[:, :n_real]
-        sub = scores[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]]
+        leaf_idx = np.argsort(~tree[events], axis=1, kind="stable")[:, :n_real]
+        gather = events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]
+        sub = scores[gather]
         if n_real == 1:
             decoded = np.zeros((len(events), 1, 1), dtype=np.int64)
         elif n_real > LCAS_MAX_LEAVES:
             decoded = subdominant_lcas(sub.argmax(axis=-1) + 1)
         else:
             node = gather_node_scores(nodes, events, leaf_idx)
+            free = zero[gather] if background else None
             decoded = np.zeros((len(events), n_real, n_real), dtype=np.int64)
             for start, stop in chunks(len(events), n_real, sub.shape[-1]):
                 _lcas_kernel(
-                    subset_sums(sub[start:stop]), node[start:stop], n_real, decoded[start:stop]
+                    subset_sums(sub[start:stop]),
+                    node[start:stop],
+                    n_real,
+                    decoded[start:stop],
+                    *background_sums(free, start, stop, n_real),
                 )
-        out[events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]] = decoded
+        out[gather] = decoded
+    out = zero_outside(out, mask)
     return out[0] if single else out
 
 
@@ -93,13 +111,13 @@ def subdominant_lcas(stages: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _lcas_kernel(
-    W: np.ndarray, nodes: np.ndarray, n: int, out: np.ndarray
+    W: np.ndarray, nodes: np.ndarray, n: int, out: np.ndarray, W0: np.ndarray, free: bool
 ) -> None:  # pragma: no cover - compiled
     """Subset dynamic programme per event; writes the LCAS into ``out (E, n, n)``.
 
     ``below[S]``: best subtree on ``S`` of stage < s (0 for a leaf); ``G[B] = below[B] -
     W[s, B]``; ``A[S]``: best split of ``S`` into >= 1 blocks; ``F[s, S] = W[s, S] + nodes[S]``
-    plus the best split into >= 2 blocks.
+    plus the best split into >= 2 blocks. The root is :func:`lcag.decode.exact.best_top`'s.
     """
     E, K1, full = W.shape
     neg = -np.inf
@@ -149,11 +167,7 @@ def _lcas_kernel(
                 else:
                     A[S], a_block[s, S] = best, best_b
 
-        top = full - 1
-        root_s = 1
-        for s in range(2, K1):
-            if F[s, top] > F[root_s, top]:
-                root_s = s
+        top, root_s = best_top(F, W0[e], free)
         stack_set[0], stack_s[0] = top, root_s
         depth = 1
         while depth > 0:  # parents write their pairs first; blocks overwrite their own
