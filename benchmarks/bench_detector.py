@@ -67,6 +67,7 @@ def run(data: Path, out: Path, minutes: float, features: list[str] | None, targe
         scheduler="none",
         node_evidence="none",
         target=target,
+        decode_background=True,
     )
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=out / name, monitor="val/score", mode="max", filename="best"

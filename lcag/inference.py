@@ -95,6 +95,9 @@ class Reconstructor:
         temperature: the tree score's temperature for probabilities, one number or one
             per leaf count (:meth:`calibrate`; stored in checkpoints by
             :class:`lcag.callbacks.TreeCalibration`).
+        background: decode with leaves outside the tree (class 0 as "not in the decay",
+            :mod:`lcag.decode.background`); from checkpoints, the module's
+            ``decode_background``.
     """
 
     def __init__(
@@ -109,7 +112,9 @@ class Reconstructor:
         mass_prior: MassPrior | None = None,
         node_weight: float = 0.0,
         temperature: float | np.ndarray = 1.0,
+        background: bool = False,
     ) -> None:
+        self.background = bool(background)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.feature_mean = torch.as_tensor(feature_mean, dtype=torch.float32, device=self.device)
@@ -171,6 +176,7 @@ class Reconstructor:
             device=device,
             evidence=evidence,
             temperature=temperature,
+            background=bool(hparams.get("decode_background", False)),
         )
 
     @torch.inference_mode()
@@ -222,7 +228,7 @@ class Reconstructor:
                 truth = np.stack([e["target"] for e in chunk]).astype(np.int64)
                 truth[:, np.arange(n), np.arange(n)] = 0
                 probs, nodes = self._run(x, mask)
-                decoded = decode(probs, mask, node_scores=nodes)
+                decoded = decode(probs, mask, node_scores=nodes, background=self.background)
                 groups.append((probs.astype(np.float64), mask, nodes, truth))
                 known.append(self.catalogue.contains(decoded, x, mask))
         self.temperature = fit_known_and_unseen(groups, known)
@@ -260,7 +266,11 @@ class Reconstructor:
         ``t`` taken from the untempered inputs would not, and at ``t < 1`` put sure trees
         far below their probability)."""
         hot_probs, hot_nodes = scaled(probs, nodes, self.temperatures(mask, known))
-        return hot_probs, hot_nodes, log_partition(hot_probs, mask, node_scores=hot_nodes)
+        return (
+            hot_probs,
+            hot_nodes,
+            log_partition(hot_probs, mask, node_scores=hot_nodes, background=self.background),
+        )
 
     def temperatures(self, mask: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
         """The temperature of each event ``(N,)`` by its leaf count, ``mask (N, L)``, and
@@ -326,12 +336,18 @@ class Reconstructor:
             xb, mb = x[events, :size], mask[events, :size]
             probs, nodes = self._run(xb, mb)
             nodes = nodes if node_evidence else None
-            decoded = decode(probs, mb, node_scores=nodes, method=method)
+            decoded = decode(
+                probs, mb, node_scores=nodes, method=method, background=self.background
+            )
             scores = tree_score(decoded, probs, mb, node_scores=nodes)
             known = self.known_topology(decoded, xb, mb)
             hot_probs, hot_nodes, log_z = self._tempered(probs, mb, nodes, known)
             hot = tree_score(decoded, hot_probs, mb, node_scores=hot_nodes)
-            best = lcag_top_k(probs, top_k, mb, node_scores=nodes) if top_k > 1 else None
+            best = (
+                lcag_top_k(probs, top_k, mb, node_scores=nodes, background=self.background)
+                if top_k > 1
+                else None
+            )
             for k, event in enumerate(events):
                 real = np.flatnonzero(mb[k])
                 alternatives = ()

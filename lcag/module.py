@@ -100,6 +100,9 @@ class LCAGModule(pl.LightningModule):
             SPECIES``, from datasets generated with a ``detector``) in the training loss; 0
             (default) builds no head. Accuracy per species is logged at validation and test.
         n_species: species classes of the particle-type head.
+        decode_background: valid-tree decoding may leave leaves out of the tree (class 0 as
+            "not in the decay", :mod:`lcag.decode.background`), for data with background
+            leaves; stored in checkpoints, so :class:`lcag.Reconstructor` decodes alike.
         target: ``lcag`` (heights) or ``lcas`` (stages, :mod:`lcag.stages`; the data module's
             ``target`` must agree). With ``lcas`` the same metrics are reported, decoding
             is :func:`lcag.decode.stages.decode_lcas` and the valid-argmax rate counts valid
@@ -133,6 +136,7 @@ class LCAGModule(pl.LightningModule):
         target: Literal["lcag", "lcas"] = "lcag",
         type_loss_weight: float = 0.0,
         n_species: int = 7,
+        decode_background: bool = False,
     ) -> None:
         super().__init__()
         if target not in ("lcag", "lcas"):
@@ -422,9 +426,14 @@ class LCAGModule(pl.LightningModule):
             if full is None or weight == 0:
                 return pair_only
             nodes = full if prior is None else blend(prior, full, share)
-            return torch.from_numpy(decode(probs, mask_np, node_scores=weight * nodes)).to(
-                logits.device
-            )
+            return torch.from_numpy(
+                decode(
+                    probs,
+                    mask_np,
+                    node_scores=weight * nodes,
+                    background=bool(self.hparams.get("decode_background", False)),
+                )
+            ).to(logits.device)
 
         if subset in VAL_SUBSETS:
             for (weight, share), metric in zip(
@@ -483,9 +492,10 @@ class LCAGModule(pl.LightningModule):
         self, probs: np.ndarray, mask: np.ndarray, node_scores: np.ndarray | None = None
     ) -> np.ndarray:
         """Valid-tree decoding of the module's target (LCAG heights or LCAS stages)."""
+        background = bool(self.hparams.get("decode_background", False))
         if self.hparams.target == "lcas":
-            return decode_lcas(probs, mask, node_scores=node_scores)
-        return decode(probs, mask, node_scores=node_scores)
+            return decode_lcas(probs, mask, node_scores=node_scores, background=background)
+        return decode(probs, mask, node_scores=node_scores, background=background)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._common_step(batch, "train")

@@ -149,3 +149,23 @@ def test_lcas_background_decoding_is_the_brute_force_optimum(n, k, seed):
     assert len(real) >= 2
     assert is_valid_lcas(best[np.ix_(real, real)])
     assert score(best) >= max(score(m) for m in candidates) - 1e-9
+
+
+@pytest.mark.parametrize("target", ["lcag", "lcas"])
+def test_the_module_and_reconstructor_decode_with_background_when_asked(target):
+    import torch
+
+    from lcag import Reconstructor
+    from lcag.models import LCAGTransformer
+    from lcag.module import LCAGModule
+
+    truth = embedded(tree_to_lcag(DecayTree.from_nested((("leaf", "leaf"), "leaf"))), (0, 2, 4), 5)
+    probs = one_hot_probs(truth, 3)[None]
+    mask = np.ones((1, 5), dtype=bool)
+    on = LCAGModule(LCAGTransformer(n_classes=3), node_evidence="none", target=target,
+                    decode_background=True)  # fmt: skip
+    off = LCAGModule(LCAGTransformer(n_classes=3), node_evidence="none", target=target)
+    np.testing.assert_array_equal(on._decoder(probs, mask)[0], truth)
+    assert (off._decoder(probs, mask)[0][~np.eye(5, dtype=bool)] > 0).all()
+    reco = Reconstructor(on.model, torch.zeros(4), torch.ones(4), background=True)
+    assert reco.background
