@@ -166,9 +166,9 @@ def _evaluate_split(
         probs = reco.probabilities(x, mask)
         n_classes = probs.shape[-1]
         argmax = probs.argmax(-1)
-        decoded = decode(probs, mask)
+        decoded = decode(probs, mask, background=reco.background)
         nodes = reco.node_scores(x, mask)
-        full = decode(probs, mask, node_scores=nodes)
+        full = decode(probs, mask, node_scores=nodes, background=reco.background)
         tree_probability = reco.tree_probability(full, probs, mask, nodes, x=x)
         if confusion is None:
             confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
