@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,12 @@ from lcag.data import LCAGDataset, collate
 from lcag.decode import decode
 from lcag.inference import Reconstructor
 
-__all__ = ["baseline_for", "evaluate", "main"]
+__all__ = ["baseline_dataset", "baseline_for", "evaluate", "main"]
 
 METHODS = ("argmax", "decoded", "full", "baseline")
 BASELINE_TUNE_EVENTS = 500  # validation events the baseline's likelihood is tuned on
 CALIBRATION_BINS = 10
+BASELINE_FEATURES = ("px", "py", "pz", "E", "charge", "is_photon")
 
 
 def evaluate(
@@ -60,7 +60,8 @@ def evaluate(
         if baseline is None:  # one baseline for every split, tuned once on the validation split
             baseline = baseline_for(dataset, baseline_max_leaves)
         depths = np.array([t.depth for t in dataset.topology_table()])
-        result = _evaluate_split(reco, dataset, baseline, depths, batch_size)
+        inputs = baseline_dataset(data, split, baseline, max_events=max_events)
+        result = _evaluate_split(reco, dataset, inputs, baseline, depths, batch_size)
         examples += result.pop("examples")
         report["splits"][split] = result
     report["baseline"] = {
@@ -71,7 +72,10 @@ def evaluate(
         "node_penalty": baseline.node_penalty,
         "resolution_scale": baseline.resolution_scale,
         "width_scale": baseline.width_scale,
-        "kinematic_fit": baseline.total_momentum is not None,
+        "kinematic_fit": baseline.total_momentum is not None and not baseline.background,
+        "background": baseline.background,
+        "background_penalty": baseline.background_penalty,
+        "detector": baseline.detector is not None,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     (out / "report.md").write_text(_markdown(report))
@@ -95,12 +99,17 @@ def baseline_for(
 ) -> CombinatorialBaseline:
     """The combinatorial baseline for a dataset, as good as the dataset's own description allows.
 
-    Masses and widths are the topologies' intermediate particles (the roots aside), the
-    resolution is the generation's. With ``method="likelihood"``:
+    Masses and widths are the topologies' intermediate particles (the roots aside; for
+    decay tables the PDG values of ``particle`` that generated them). The leaves' resolution
+    is the generation's: one relative resolution, or with a detector response the detector's
+    per-species resolutions (the baseline then reads ``charge`` and ``is_photon`` too, see
+    :func:`baseline_dataset`). With background leaves (random or beam background) the
+    baseline chooses the tree's leaves as well, by the roots' masses or, when known, the
+    mother's 4-momentum. With ``method="likelihood"``:
 
-    - with ``kinematic_fit``, the event's total 4-momentum is fixed for the fit when every
-      event is one mother of known momentum and mass and nothing else (no background leaves,
-      one root mass: a root's mass is never drawn from its line shape);
+    - with ``kinematic_fit``, the event's total 4-momentum is known when every event is one
+      mother of known momentum and mass (a root's mass is never drawn from its line shape);
+      without background the leaves are fitted to it, with background it scores the root;
     - the free parameters are tuned (:meth:`CombinatorialBaseline.tune`) on up to
       ``tune_events`` events of the dataset's ``val`` split with at most ``max_leaves``
       leaves, when it has one.
@@ -119,35 +128,58 @@ def baseline_for(
     config = dataset.manifest.get("config", {})
     kinematics = config.get("kinematics", {})
     resolution = float(kinematics.get("momentum_resolution", 0.0))
+    detector = _detector(dataset)
+    background = bool(kinematics.get("background_mean", 0.0))
+    if detector is not None:
+        background = background or detector.background.photons + detector.background.tracks > 0
     if not masses:  # only two-level trees: any mass below the root can match nothing
         masses = {float(table.masses.max()) * 2: 0.0}
+    mother = kinematics.get("mother_momentum")
+    total = None
+    if method == "likelihood" and kinematic_fit and mother is not None and len(roots) == 1:
+        momentum = np.asarray(mother, dtype=np.float64)
+        total = [*momentum.tolist(), float(np.sqrt(momentum @ momentum + min(roots) ** 2))]
     baseline = CombinatorialBaseline(
         list(masses),
         widths=list(masses.values()),
         resolution=resolution,
         max_leaves=max_leaves,
         method=method,
+        detector=detector,
+        background=background and method == "likelihood",
+        root_masses=sorted(roots),
+        total_momentum=total,
     )
-    if method != "likelihood":
+    if method != "likelihood" or "val" not in dataset.manifest["splits"]:
         return baseline
-    mother = kinematics.get("mother_momentum")
-    known = mother is not None and len(roots) == 1 and not kinematics.get("background_mean", 0.0)
-    if kinematic_fit and known:
-        momentum = np.asarray(mother, dtype=np.float64)
-        energy = float(np.sqrt(momentum @ momentum + roots.pop() ** 2))
-        baseline = replace(baseline, total_momentum=[*momentum.tolist(), energy])
-    if "val" not in dataset.manifest["splits"]:
-        return baseline
-    val = LCAGDataset(dataset.root, "val", max_events=tune_events)
+    val = baseline_dataset(dataset.root, "val", baseline, max_events=tune_events)
     events = [e for e in val.__getitems__(range(len(val))) if len(e["x"]) <= max_leaves]
     if not events:
         return baseline
     return baseline.tune([e["x"].astype(np.float64) for e in events], [e["target"] for e in events])
 
 
+def baseline_dataset(
+    root: str | Path, split: str, baseline: CombinatorialBaseline, max_events: int | None = None
+) -> LCAGDataset:
+    """A split as the baseline reads it: its feature columns and LCAG targets."""
+    features = list(BASELINE_FEATURES[: baseline.n_features])
+    return LCAGDataset(root, split, max_events=max_events, features=features, target="lcag")
+
+
+def _detector(dataset: LCAGDataset) -> Any:
+    """The dataset's detector response (``lcag.data_gen.config.Detector``), or ``None``."""
+    if not dataset.manifest.get("config", {}).get("detector"):
+        return None
+    from lcag.data_gen.config import load_config
+
+    return load_config(dataset.manifest["config"]).detector
+
+
 def _evaluate_split(
     reco: Reconstructor,
     dataset: LCAGDataset,
+    baseline_inputs: LCAGDataset,
     baseline: CombinatorialBaseline,
     depths: np.ndarray,
     batch_size: int,
@@ -159,7 +191,9 @@ def _evaluate_split(
     confusion = None
     examples = []
     for start in range(0, len(dataset), batch_size):
-        events = dataset.__getitems__(range(start, min(start + batch_size, len(dataset))))
+        indices = range(start, min(start + batch_size, len(dataset)))
+        events = dataset.__getitems__(indices)
+        baseline_events = baseline_inputs.__getitems__(indices)
         batch = collate(events)
         x, mask = batch["x"].numpy().astype(np.float64), batch["mask"].numpy()
         target = batch["target"].numpy()
@@ -175,7 +209,7 @@ def _evaluate_split(
         valid = target >= 0
         np.add.at(confusion, (target[valid], np.clip(decoded[valid], 0, n_classes - 1)), 1)
         small = [k for k, e in enumerate(events) if len(e["x"]) <= baseline.max_leaves]
-        found = baseline.lcag([events[k]["x"].astype(np.float64) for k in small])
+        found = baseline.lcag([baseline_events[k]["x"].astype(np.float64) for k in small])
         by_baseline = dict(zip(small, found, strict=True))
         for k, event in enumerate(events):
             n = len(event["x"])
@@ -190,7 +224,9 @@ def _evaluate_split(
             perfect["full"].append(np.array_equal(full[k][np.ix_(real, real)], truth))
             probabilities.append(float(tree_probability[k]))
             b = by_baseline.get(k)
-            perfect["baseline"].append(None if b is None else np.array_equal(b, truth))
+            lcag_truth = baseline_events[k]["target"].copy()
+            np.fill_diagonal(lcag_truth, 0)
+            perfect["baseline"].append(None if b is None else np.array_equal(b, lcag_truth))
             sizes.append(n)
             event_depths.append(int(depths[event["topology"]]))
             if len(examples) < 3 and n >= 4 and not perfect["full"][-1]:
@@ -304,12 +340,24 @@ def _markdown(report: dict[str, Any]) -> str:
             f"resolution x {baseline['resolution_scale']:g}, widths x "
             f"{baseline['width_scale']:g}"
             + (", kinematic fit to the mother" if baseline.get("kinematic_fit") else "")
+            + (
+                f", the tree's leaves chosen (background penalty "
+                f"{baseline['background_penalty']:g} per leaf set aside)"
+                if baseline.get("background")
+                else ""
+            )
             + ")"
         )
     else:
         how = f"invariant-mass matching to {len(baseline['masses'])} intermediate masses"
     lines.append(
-        f"Baseline: {how}, momentum resolution {baseline['resolution']:g}, events with at most "
+        f"Baseline: {how}, "
+        + (
+            "the detector's per-species resolutions"
+            if baseline.get("detector")
+            else f"momentum resolution {baseline['resolution']:g}"
+        )
+        + ", events with at most "
         f"{baseline['max_leaves']} leaves.\n"
     )
     return "\n".join(lines)

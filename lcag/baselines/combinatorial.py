@@ -38,17 +38,23 @@ chosen set containing them. Input is what :class:`lcag.Reconstructor` takes.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numba
 import numpy as np
 from scipy.special import logsumexp, voigt_profile
 
+from lcag.baselines.laminar import chosen_sets, laminar_search, tree_from_choices
+from lcag.baselines.masses import (
+    kinematic_fit,
+    members,
+    relative_covariance,
+    subset_masses,
+    subset_momentum_covariance,
+)
 from lcag.errors import InvalidInputError
 from lcag.events import as_padded
 from lcag.matrix import lcag_to_tree, tree_to_lcag
@@ -59,6 +65,7 @@ __all__ = [
     "CombinatorialBaseline",
     "kinematic_fit",
     "node_log_ratio",
+    "root_log_likelihood",
     "subset_masses",
 ]
 
@@ -67,9 +74,7 @@ METHODS = ("likelihood", "window")
 PENALTIES = (-4.0, -3.0, -2.5, -2.0, -1.5, -1.0, 0.0)
 RESOLUTION_SCALES = (0.8, 1.0, 1.25)
 WIDTH_SCALES = (0.75, 1.0, 1.5)
-# Linearisations of the energy constraint: on realistic.yaml events a fourth would move the
-# fitted momenta by 2e-9 of their size at most, and the third leaves sum E off by 3e-12.
-_FIT_ITERATIONS = 3
+BACKGROUND_PENALTIES = (0.0, -1.0, -2.0, -4.0, -8.0)
 
 
 @dataclass
@@ -79,7 +84,8 @@ class CombinatorialBaseline:
     Args:
         masses: the intermediate masses that may occur (e.g. the paper's 90, 80, ..., 10).
         widths: their total widths (Breit-Wigner line shapes). Default: all 0.
-        resolution: relative momentum resolution of the leaves (0 for exact data).
+        resolution: relative momentum resolution of the leaves (0 for exact data; unused
+            with a ``detector``).
         mass_tolerance: relative mass resolution kept even at zero resolution.
         window: the chi-square window, in standard deviations (``method="window"``); with
             the likelihood, how far from its mass a particle without width may be.
@@ -90,8 +96,17 @@ class CombinatorialBaseline:
         resolution_scale: factor on the propagated ``sigma_S``.
         width_scale: factor on the widths in the line shape.
         mass_weights: relative frequency of each mass among nodes (``pi_k``). Default: equal.
-        total_momentum: ``(px, py, pz, E)`` every event's leaves sum to, for the kinematic fit
-            (used when ``resolution > 0``). Default: none, no fit.
+        total_momentum: ``(px, py, pz, E)`` every event's tree sums to: for the kinematic fit
+            (with a resolution or a detector, without ``background``), and with
+            ``background`` for the root's score. Default: none.
+        detector: a per-species detector response (:class:`lcag.data_gen.config.Detector`):
+            each leaf's momentum covariance from it (:func:`lcag.data_gen.detector.
+            momentum_covariance`), in place of ``resolution``. Leaves then carry
+            ``(px, py, pz, E, charge, is_photon)``.
+        background: leaves may lie outside the tree (beam background, LCAG class 0): the tree's
+            leaf set is chosen too, scored by ``root_masses`` or ``total_momentum``.
+        root_masses: the masses the tree's root may have (with ``background``).
+        background_penalty: added per leaf set aside (with ``background``).
     """
 
     masses: Sequence[float]
@@ -106,10 +121,15 @@ class CombinatorialBaseline:
     width_scale: float = 1.0
     mass_weights: Sequence[float] | None = None
     total_momentum: Sequence[float] | None = None
+    detector: Any = None
+    background: bool = False
+    root_masses: Sequence[float] | None = None
+    background_penalty: float = 0.0
     _masses: np.ndarray = field(init=False, repr=False, compare=False)
     _widths: np.ndarray = field(init=False, repr=False, compare=False)
     _weights: np.ndarray = field(init=False, repr=False, compare=False)
     _total: np.ndarray | None = field(init=False, repr=False, compare=False)
+    _roots: np.ndarray | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._masses = np.asarray(self.masses, dtype=np.float64)
@@ -127,8 +147,9 @@ class CombinatorialBaseline:
             raise InvalidInputError(f"max_leaves = {self.max_leaves}: expected 2..20")
         if self.method not in METHODS:
             raise InvalidInputError(f"method = {self.method!r}: expected one of {METHODS}")
-        if not math.isfinite(self.node_penalty):
-            raise InvalidInputError(f"node_penalty = {self.node_penalty}: expected a finite value")
+        for name in ("node_penalty", "background_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidInputError(f"{name} = {getattr(self, name)}: expected a finite value")
         for name in ("resolution_scale", "width_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -146,21 +167,48 @@ class CombinatorialBaseline:
                     f"{self.total_momentum}"
                 )
             self._total = total
+        self._roots = None
+        if self.root_masses is not None:
+            self._roots = _positive_vector(self.root_masses, len(self.root_masses), "root_masses")
+        if self.background and self._roots is None and self._total is None:
+            raise InvalidInputError(
+                "background: choosing the tree's leaves needs root_masses or total_momentum"
+            )
+
+    @property
+    def n_features(self) -> int:
+        """Features per leaf: ``(px, py, pz, E)``, and ``charge, is_photon`` with a detector."""
+        return 4 if self.detector is None else 6
 
     # ------------------------------------------------------------------------ public
-    def reconstruct(self, leaves: Any, mask: np.ndarray | None = None) -> list[DecayTree]:
+    def reconstruct(
+        self, leaves: Any, mask: np.ndarray | None = None, *, return_leaves: bool = False
+    ) -> list[Any]:
         """The decay tree of every event (see the module docstring).
 
         Args:
-            leaves: ``(N, L, 4)`` with ``mask (N, L)``, a list of ``(L_i, 4)`` arrays, or an
-                awkward array, of ``(px, py, pz, E)``.
+            leaves: ``(N, L, F)`` with ``mask (N, L)``, a list of ``(L_i, F)`` arrays, or an
+                awkward array, of ``(px, py, pz, E)`` (``F = 4``) or, with a detector,
+                ``(px, py, pz, E, charge, is_photon)``.
+            return_leaves: also return which event leaves each tree holds (with
+                ``background``, the others are set aside).
+
+        Returns:
+            a :class:`DecayTree` per event, or with ``return_leaves`` a pair ``(tree, leaves
+            (k,))``: tree leaf ``j`` is event leaf ``leaves[j]``.
         """
-        x, mask = as_padded(leaves, mask, 4, self.max_leaves)
-        return [self._event(x[event][mask[event]]) for event in range(len(x))]
+        found = [(tree, inside) for tree, inside, _ in self._reconstruct(leaves, mask)]
+        return found if return_leaves else [tree for tree, _ in found]
 
     def lcag(self, leaves: Any, mask: np.ndarray | None = None) -> list[np.ndarray]:
-        """:meth:`reconstruct` as LCAG matrices ``(L_i, L_i)``."""
-        return [tree_to_lcag(tree) for tree in self.reconstruct(leaves, mask)]
+        """:meth:`reconstruct` as LCAG matrices ``(L_i, L_i)``, class 0 for pairs with a leaf
+        set aside."""
+        out = []
+        for tree, inside, n in self._reconstruct(leaves, mask):
+            matrix = np.zeros((n, n), dtype=np.int64)
+            matrix[np.ix_(inside, inside)] = tree_to_lcag(tree)
+            out.append(matrix)
+        return out
 
     def perfect_rate(
         self, leaves: Any, truth: Sequence[Any], mask: np.ndarray | None = None
@@ -170,13 +218,16 @@ class CombinatorialBaseline:
         Args:
             leaves, mask: as for :meth:`reconstruct`.
             truth: every event's true tree, a :class:`DecayTree` or an ``(L_i, L_i)`` LCAG
-                matrix (the diagonal is ignored).
+                matrix (the diagonal is ignored; rows of class 0 mark background leaves).
         """
-        trees = self.reconstruct(leaves, mask)
-        true = _as_trees(truth, [t.n_leaves for t in trees])
-        if not trees:
+        x, mask = as_padded(leaves, mask, self.n_features, self.max_leaves)
+        if not len(x):
             raise InvalidInputError("leaves: no events")
-        return sum(a == b for a, b in zip(trees, true, strict=True)) / len(trees)
+        events = [x[k][mask[k]] for k in range(len(x))]
+        true = _truth_sets(truth, [len(p) for p in events])
+        found = [_event_sets(*self._search(p)) if len(p) >= 2 else None for p in events]
+        right = sum(f is None or f == t for f, t in zip(found, true, strict=True))
+        return right / len(events)
 
     def tune(
         self,
@@ -187,21 +238,24 @@ class CombinatorialBaseline:
         penalties: Sequence[float] = PENALTIES,
         resolution_scales: Sequence[float] = RESOLUTION_SCALES,
         width_scales: Sequence[float] = WIDTH_SCALES,
+        background_penalties: Sequence[float] = BACKGROUND_PENALTIES,
         count_weights: bool = True,
     ) -> CombinatorialBaseline:
         """A copy with its free parameters chosen on events of known trees (the validation split).
 
         With ``count_weights``, ``mass_weights`` become how often each mass is a true node's
         nearest listed mass (each count + 1). Then every combination of ``node_penalty`` in
-        ``penalties``, ``resolution_scale`` in ``resolution_scales`` (only when
-        ``resolution > 0``) and ``width_scale`` in ``width_scales`` (only when a width is
-        non-zero) is tried, and the one with the most exactly reconstructed trees is kept; the
-        baseline's current values are tried first and win ties.
+        ``penalties``, ``resolution_scale`` in ``resolution_scales`` (only with a resolution
+        or a detector) and ``width_scale`` in ``width_scales`` (only when a width is
+        non-zero) is tried, and the one with the most exactly reconstructed trees is kept;
+        with ``background``, ``background_penalty`` is then chosen from
+        ``background_penalties`` at those values. The baseline's current values are tried
+        first and win ties.
 
         Args:
             leaves, mask: as for :meth:`reconstruct`.
             truth: every event's true tree, a :class:`DecayTree` or an ``(L_i, L_i)`` LCAG
-                matrix (the diagonal is ignored).
+                matrix (the diagonal is ignored; rows of class 0 mark background leaves).
 
         Raises:
             InvalidInputError: the method is not ``"likelihood"``, no events, or ``truth``
@@ -209,181 +263,112 @@ class CombinatorialBaseline:
         """
         if self.method != "likelihood":
             raise InvalidInputError(f"method = {self.method!r}: only 'likelihood' is tuned")
-        x, mask = as_padded(leaves, mask, 4, self.max_leaves)
+        x, mask = as_padded(leaves, mask, self.n_features, self.max_leaves)
         if not len(x):
             raise InvalidInputError("leaves: no events to tune on")
         events = [x[k][mask[k]] for k in range(len(x))]
-        true = _as_trees(truth, [len(p) for p in events])
-        measured = [subset_masses(p, self.resolution, self._total) for p in events]
-        true_sets = [_node_sets(tree) for tree in true]
+        true = _truth_sets(truth, [len(p) for p in events])
         weights = self._weights
         if count_weights:
-            weights = _count_weights(measured, true_sets, self._masses)
-        trivial = sum(len(p) < 3 for p in events)
-        hard = [k for k, p in enumerate(events) if len(p) >= 3]
-        scales = _first(self.resolution_scale, resolution_scales if self.resolution > 0 else ())
+            measured = [self._masses_of(p)[:2] for p in events]
+            weights = _count_weights(measured, [sets for _, sets in true], self._masses)
+        tuned = replace(self, mass_weights=[float(w) for w in weights])
+        hard = [k for k, p in enumerate(events) if len(p) >= 3 or self.background]
+        trivial = len(events) - len(hard)
+        smeared = self.resolution > 0 or self.detector is not None
+        scales = _first(self.resolution_scale, resolution_scales if smeared else ())
         shapes = _first(self.width_scale, width_scales if (self._widths > 0).any() else ())
-        best: tuple[int, float, float, float] | None = None
+        best: tuple[int, dict[str, float]] | None = None
         for resolution_scale, width_scale in itertools.product(scales, shapes):
-            ratios = [
-                node_log_ratio(
-                    *measured[k], self._masses, self._widths, weights,
-                    resolution_scale=resolution_scale, width_scale=width_scale,
-                    tolerance=self.mass_tolerance, window=self.window,
-                )
-                for k in hard
-            ]  # fmt: skip
+            trial = replace(tuned, resolution_scale=resolution_scale, width_scale=width_scale)
+            scores = [trial._scores(events[k], with_penalty=False) for k in hard]
             for penalty in _first(self.node_penalty, penalties):
                 right = trivial + sum(
-                    _chosen_sets(_laminar_search(ratio + penalty, len(events[k]))) == true_sets[k]
-                    for k, ratio in zip(hard, ratios, strict=True)
+                    _best_sets(ratio + penalty, root, self.background_penalty) == true[k]
+                    for k, (ratio, root) in zip(hard, scores, strict=True)
                 )
                 if best is None or right > best[0]:
-                    best = (right, float(penalty), float(resolution_scale), float(width_scale))
+                    best = (right, {"node_penalty": float(penalty),
+                                    "resolution_scale": float(resolution_scale),
+                                    "width_scale": float(width_scale)})  # fmt: skip
         assert best is not None
-        return replace(
-            self,
-            mass_weights=[float(w) for w in weights],
-            node_penalty=best[1],
-            resolution_scale=best[2],
-            width_scale=best[3],
-        )
+        tuned = replace(tuned, **best[1])
+        if not self.background:
+            return tuned
+        scores = [tuned._scores(events[k], with_penalty=True) for k in hard]
+        best_background = (-1, self.background_penalty)
+        for background_penalty in _first(self.background_penalty, background_penalties):
+            right = sum(
+                _best_sets(gain, root, background_penalty) == true[k]
+                for k, (gain, root) in zip(hard, scores, strict=True)
+            )
+            if right > best_background[0]:
+                best_background = (right, float(background_penalty))
+        return replace(tuned, background_penalty=best_background[1])
 
     # ------------------------------------------------------------------------ one event
-    def _event(self, p: np.ndarray) -> DecayTree:
-        n = len(p)
-        if n < 3:
-            return _trivial_tree(n)
-        mass, sigma = subset_masses(p, self.resolution, self._total)
+    def _reconstruct(
+        self, leaves: Any, mask: np.ndarray | None
+    ) -> list[tuple[DecayTree, np.ndarray, int]]:
+        """Per event: the tree, the event leaves it holds ``(k,)`` and the event's leaf count."""
+        x, mask = as_padded(leaves, mask, self.n_features, self.max_leaves)
+        found = []
+        for event in range(len(x)):
+            p = x[event][mask[event]]
+            if len(p) < 2:
+                found.append((_trivial_tree(len(p)), np.arange(len(p)), len(p)))
+            else:
+                found.append((*tree_from_choices(*self._search(p)), len(p)))
+        return found
+
+    def _masses_of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Subset masses and uncertainties ``(2^n,)`` of one event ``(n, F)``, and each leaf's
+        momentum covariance ``(n, 3, 3)`` (``None`` without resolution or detector)."""
+        p = x[:, :4]
+        covariance = None
+        if self.detector is not None:
+            from lcag.data_gen.detector import momentum_covariance
+
+            covariance = momentum_covariance(x, self.detector)
+        elif self.resolution > 0:
+            covariance = relative_covariance(p, self.resolution)
+        fit = None if self.background else self._total
+        if self.detector is None:
+            return (*subset_masses(p, self.resolution, fit), covariance)
+        return (*subset_masses(p, 0.0, fit, covariance), covariance)
+
+    def _scores(
+        self, x: np.ndarray, with_penalty: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every subset's score as an inner node ``(2^n,)``, and with ``background`` as the
+        root ``(2^n,)`` (``None`` without)."""
+        mass, sigma, covariance = self._masses_of(x)
         if self.method == "window":
             gain = window_gain(
                 mass, sigma, self._masses, self._widths, self.mass_tolerance, self.window
             )
         else:
-            gain = self.node_penalty + node_log_ratio(
+            gain = node_log_ratio(
                 mass, sigma, self._masses, self._widths, self._weights,
                 resolution_scale=self.resolution_scale, width_scale=self.width_scale,
                 tolerance=self.mass_tolerance, window=self.window,
             )  # fmt: skip
-        return _tree_from_choices(_laminar_search(gain, n), n)
+            if with_penalty:
+                gain = gain + self.node_penalty
+        if not self.background:
+            return gain, None
+        if covariance is None:
+            covariance = np.zeros((len(x), 3, 3))
+        root = root_log_likelihood(
+            x[:, :4], covariance, mass, sigma, self._roots, self._total,
+            resolution_scale=self.resolution_scale, tolerance=self.mass_tolerance,
+        )  # fmt: skip
+        return gain, root
 
-
-# ---------------------------------------------------------------------------- masses
-def subset_masses(
-    p: np.ndarray, resolution: float, total: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Invariant mass ``(2^n,)`` of every leaf subset (bit i = leaf i) and its uncertainty.
-
-    Args:
-        p: ``(n, 4)`` leaf 4-momenta ``(px, py, pz, E)``.
-        resolution: relative resolution of each momentum component.
-        total: ``(4,)`` the known sum of the leaves; with ``resolution > 0`` the momenta are
-            fitted to it first (:func:`kinematic_fit`).
-
-    Returns:
-        ``mass (2^n,)`` and ``sigma (2^n,)`` (0 where ``resolution`` is 0).
-    """
-    if resolution > 0 and total is not None:
-        fitted = kinematic_fit(p, resolution, total)
-        if fitted is not None:
-            return _propagated_masses(*fitted)
-    return _subset_masses(p, resolution)
-
-
-def kinematic_fit(
-    p: np.ndarray, resolution: float, total: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Leaf momenta fitted to a known total 4-momentum, and their covariance.
-
-    Minimises ``sum_ic (q_ic - p_ic)^2 / (resolution p_ic)^2`` subject to ``sum_i q_i = P``
-    and ``sum_i E_i = E`` (``E_i`` from ``q_i`` and the leaf's measured mass), by Lagrange
-    multipliers with the energy constraint linearised (``_FIT_ITERATIONS`` times).
-
-    Args:
-        p: ``(n, 4)`` measured ``(px, py, pz, E)``.
-        resolution: relative resolution of each momentum component (> 0).
-        total: ``(4,)`` ``(Px, Py, Pz, E)``.
-
-    Returns:
-        fitted ``(n, 4)`` 4-momenta and ``(3n, 3n)`` covariance of their momentum components
-        (leaf-major: ``px_0, py_0, pz_0, px_1, ...``), or ``None`` where the constraints are
-        degenerate (e.g. every leaf has ``px = 0``).
-    """
-    n = len(p)
-    leaf_mass2 = np.maximum(p[:, 3] ** 2 - np.square(p[:, :3]).sum(1), 0.0)
-    measured = p[:, :3].reshape(-1)
-    variance = (resolution * measured) ** 2  # (3n,)
-    q = measured.copy()
-    jacobian = np.zeros((4, 3 * n))  # d(constraints) / dq
-    for c in range(3):
-        jacobian[c, c::3] = 1.0
-    gain = np.zeros((3 * n, 4))
-    for _ in range(_FIT_ITERATIONS):
-        momenta = q.reshape(n, 3)
-        energy = np.maximum(np.sqrt(np.square(momenta).sum(1) + leaf_mass2), 1e-300)
-        jacobian[3] = (momenta / energy[:, None]).reshape(-1)
-        residual = np.append(momenta.sum(0) - total[:3], energy.sum() - total[3])
-        weighted = jacobian * variance  # D V  (4, 3n)
-        try:
-            gain = np.linalg.solve(weighted @ jacobian.T, weighted).T  # V D^T (D V D^T)^-1
-        except np.linalg.LinAlgError:
-            return None
-        q = measured - gain @ (jacobian @ (measured - q) + residual)
-    if not np.isfinite(q).all():
-        return None
-    covariance = np.diag(variance) - gain @ (jacobian * variance)
-    momenta = q.reshape(n, 3)
-    energy = np.sqrt(np.square(momenta).sum(1) + leaf_mass2)
-    return np.column_stack([momenta, energy]), covariance
-
-
-def _members(n: int) -> np.ndarray:
-    """``(2^n, n)`` float 0/1: which leaves each subset holds (read-only; kept up to 14)."""
-    return _members_cached(n) if n <= 14 else _members_of(n)
-
-
-@functools.lru_cache(maxsize=16)
-def _members_cached(n: int) -> np.ndarray:
-    return _members_of(n)
-
-
-def _members_of(n: int) -> np.ndarray:
-    out = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
-    out.flags.writeable = False
-    return out
-
-
-def _subset_masses(p: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarray]:
-    """Invariant mass ``(2^n,)`` of every leaf subset, and its resolution uncertainty."""
-    members = _members(len(p))
-    total = members @ p  # (2^n, 4)
-    m2 = total[:, 3] ** 2 - np.square(total[:, :3]).sum(1)
-    mass = np.sqrt(np.maximum(m2, 0.0))
-    if resolution <= 0:
-        return mass, np.zeros_like(mass)
-    energy = p[:, 3:4]
-    a = members @ (p[:, :3] ** 4 / energy**2).sum(1)  # sum_i sum_c p^4 / E_i^2
-    b = members @ (p[:, :3] ** 3 / energy)  # (2^n, 3)
-    c = members @ (p[:, :3] ** 2)  # (2^n, 3)
-    e_s, p_s = total[:, 3], total[:, :3]
-    variance = 4 * resolution**2 * (e_s**2 * a - 2 * e_s * (p_s * b).sum(1) + (p_s**2 * c).sum(1))
-    sigma = np.sqrt(np.maximum(variance, 0.0)) / (2 * np.maximum(mass, 1e-12))
-    return mass, sigma
-
-
-def _propagated_masses(p: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Subset masses ``(2^n,)`` of ``p (n, 4)`` and their uncertainty from ``covariance``."""
-    n = len(p)
-    members = _members(n)
-    total = members @ p
-    mass = np.sqrt(np.maximum(total[:, 3] ** 2 - np.square(total[:, :3]).sum(1), 0.0))
-    velocity = p[:, :3] / np.maximum(p[:, 3:4], 1e-300)  # dE_i / dp_i
-    # d m_S^2 / d p_ic = 2 (E_S p_ic / E_i - P_Sc) for i in S
-    jacobian = 2 * (total[:, None, 3:4] * velocity[None] - total[:, None, :3])
-    jacobian = (jacobian * members[:, :, None]).reshape(1 << n, 3 * n)
-    variance = np.einsum("sj,sj->s", jacobian @ covariance, jacobian)
-    sigma = np.sqrt(np.maximum(variance, 0.0)) / (2 * np.maximum(mass, 1e-12))
-    return mass, sigma
+    def _search(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """The best family's choices and its root (a leaf bit mask) for one event ``(n, F)``."""
+        gain, root = self._scores(x)
+        return _best(gain, root, self.background_penalty)
 
 
 # ---------------------------------------------------------------------------- scores
@@ -424,9 +409,57 @@ def node_log_ratio(
     density[(half_width <= 0) & (np.abs(offset) > window * spread)] = -np.inf
     full = (1 << n) - 1
     ratio = logsumexp(density + np.log(weights), axis=1) + np.log(max(mass[full], masses.max()))
-    ratio[_members(n).sum(1) < 2] = -np.inf
+    ratio[members(n).sum(1) < 2] = -np.inf
     ratio[full] = -np.inf
     return ratio
+
+
+def root_log_likelihood(
+    p: np.ndarray,
+    covariance: np.ndarray,
+    mass: np.ndarray,
+    sigma: np.ndarray,
+    root_masses: np.ndarray | None,
+    total: np.ndarray | None,
+    *,
+    resolution_scale: float = 1.0,
+    tolerance: float = 1e-6,
+) -> np.ndarray:
+    """Log-likelihood ``(2^n,)`` of every leaf subset being the whole tree (the root's leaves).
+
+    With ``total`` (the tree's known 4-momentum): a 4-dimensional Gaussian of the subset's
+    summed 4-momentum about it, covariance propagated from the leaves (times
+    ``resolution_scale^2``) plus ``(tolerance E)^2`` per component. Otherwise the subset's mass
+    against ``root_masses``: a Gaussian of ``s = sqrt((resolution_scale sigma_S)^2 +
+    (tolerance M)^2)``, averaged over the listed masses.
+
+    Args:
+        p: ``(n, 4)`` leaf 4-momenta.
+        covariance: ``(n, 3, 3)`` each leaf's momentum covariance.
+        mass, sigma: ``(2^n,)`` from :func:`subset_masses`.
+        root_masses: ``(K,)`` the root's possible masses (used without ``total``).
+        total: ``(4,)`` ``(Px, Py, Pz, E)``.
+
+    Returns:
+        ``(2^n,)``, ``-inf`` for subsets of fewer than two leaves.
+    """
+    n = len(p)
+    if total is not None:
+        residual = members(n) @ p - total  # (2^n, 4)
+        spread = resolution_scale**2 * subset_momentum_covariance(p, covariance)
+        spread = spread + np.eye(4) * (tolerance * total[3]) ** 2
+        chi2 = np.einsum("si,si->s", residual, np.linalg.solve(spread, residual[..., None])[..., 0])
+        log_det = np.linalg.slogdet(spread)[1]
+        score = -0.5 * (chi2 + log_det) - 2 * math.log(2 * math.pi)
+    else:
+        assert root_masses is not None
+        spread = np.hypot(resolution_scale * sigma[:, None], tolerance * root_masses)
+        density = -0.5 * ((mass[:, None] - root_masses) / spread) ** 2 - np.log(
+            spread * math.sqrt(2 * math.pi)
+        )
+        score = logsumexp(density, axis=1) - math.log(root_masses.size)
+    score[members(n).sum(1) < 2] = -np.inf
+    return score
 
 
 def window_gain(
@@ -442,7 +475,7 @@ def window_gain(
     n = int(mass.size).bit_length() - 1
     total = np.sqrt(sigma[:, None] ** 2 + (widths / 2) ** 2 + (tolerance * masses) ** 2)
     chi2 = (((mass[:, None] - masses) / total) ** 2).min(axis=1)
-    candidate = (chi2 <= window**2) & (_members(n).sum(1) >= 2)
+    candidate = (chi2 <= window**2) & (members(n).sum(1) >= 2)
     candidate[(1 << n) - 1] = False
     return np.where(candidate, 1.0 - chi2 / (2 * window**2), -np.inf)
 
@@ -486,32 +519,65 @@ def _trivial_tree(n: int) -> DecayTree:
     return DecayTree([n] * n + [-1] if n > 1 else [-1])
 
 
-def _as_trees(truth: Sequence[Any], leaf_counts: list[int]) -> list[DecayTree]:
-    """``truth`` (trees or LCAG matrices, diagonal ignored) as trees, checked against events."""
+def _truth_sets(truth: Sequence[Any], leaf_counts: list[int]) -> list[tuple[int, frozenset[int]]]:
+    """Every true tree as ``(root, inner nodes)`` leaf bit masks of the event's leaves (the
+    root aside from the inner nodes), checked against the events.
+
+    ``truth`` holds trees or LCAG matrices (diagonal ignored); in a matrix, leaves whose row is
+    all class 0 are background, outside the tree.
+    """
     if len(truth) != len(leaf_counts):
         raise InvalidInputError(f"truth: {len(truth)} trees for {len(leaf_counts)} events")
-    trees = []
+    out = []
     for k, (item, n) in enumerate(zip(truth, leaf_counts, strict=True)):
+        inside = np.arange(n)
         if not isinstance(item, DecayTree):
             matrix = np.array(item, dtype=np.int64)
             if matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1]:
                 np.fill_diagonal(matrix, 0)
+                if matrix.shape[0] == n and n > 1:
+                    inside = np.flatnonzero(matrix.any(axis=1))
+                    matrix = matrix[np.ix_(inside, inside)]
             item = lcag_to_tree(matrix)
-        if item.n_leaves != n:
+        if item.n_leaves != len(inside) or (inside.size and inside.max() >= n):
             raise InvalidInputError(
                 f"truth[{k}]: a tree of {item.n_leaves} leaves, the event has {n}"
             )
-        trees.append(item)
-    return trees
+        bits = [1 << int(leaf) for leaf in inside]
+        sets = frozenset(sum(bits[j] for j in subset) for subset in _inner_leaf_sets(item))
+        out.append((sum(bits), sets))
+    return out
 
 
-def _node_sets(tree: DecayTree) -> frozenset[int]:
-    """The leaf bit masks of a tree's inner nodes, the root aside."""
-    return frozenset(
-        sum(1 << leaf for leaf in tree.leaves_under(node))
-        for node in tree.inner_nodes
-        if node != tree.root
-    )
+def _inner_leaf_sets(tree: DecayTree) -> list[list[int]]:
+    """The leaves under each inner node of ``tree``, the root aside."""
+    return [list(tree.leaves_under(node)) for node in tree.inner_nodes if node != tree.root]
+
+
+def _best(
+    gain: np.ndarray, root: np.ndarray | None, background_penalty: float
+) -> tuple[np.ndarray, int]:
+    """The best family's choices for node scores ``gain (2^n,)`` and its root: the whole
+    event, or with root scores ``root (2^n,)`` the best leaf set (``background_penalty`` per
+    leaf outside it)."""
+    n = int(gain.size).bit_length() - 1
+    choices, below = laminar_search(gain, n)
+    if root is None:
+        return choices, (1 << n) - 1
+    outside = n - members(n).sum(1)
+    total = root + below + background_penalty * outside
+    return choices, int(np.argmax(total))
+
+
+def _best_sets(
+    gain: np.ndarray, root: np.ndarray | None, background_penalty: float
+) -> tuple[int, frozenset[int]]:
+    """:func:`_best` as ``(root, inner nodes)`` leaf bit masks."""
+    return _event_sets(*_best(gain, root, background_penalty))
+
+
+def _event_sets(choices: np.ndarray, root: int) -> tuple[int, frozenset[int]]:
+    return root, chosen_sets(choices, root)
 
 
 def _count_weights(
@@ -525,85 +591,3 @@ def _count_weights(
         for subset in sets:
             counts[np.argmin(np.abs(masses - mass[subset]))] += 1
     return counts / counts.sum()
-
-
-@numba.njit(cache=True)
-def _laminar_search(gain: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover - compiled
-    """Best laminar family: for every set ``S``, the first block of its best partition.
-
-    ``G[U]`` = best split of ``U`` into blocks (a single leaf scores 0, a candidate set
-    ``gain + F``), ``F[S]`` = the same with at least two blocks (``S`` as an inner node).
-    Returns ``first (2^n,)``: the block holding the lowest leaf in the best split of each set.
-    """
-    size = 1 << n
-    G = np.full(size, -np.inf)
-    F = np.full(size, -np.inf)
-    first_g = np.zeros(size, dtype=np.int64)
-    first_f = np.zeros(size, dtype=np.int64)
-    G[0] = 0.0
-    for S in range(1, size):
-        low = S & -S
-        rest = S ^ low
-        best_f, best_fb = -np.inf, 0
-        sub = rest
-        while True:
-            B = low | sub
-            part = 0.0 if B == low else gain[B] + F[B]
-            if B != S:
-                value = part + G[S ^ B]
-                if value > best_f:
-                    best_f, best_fb = value, B
-            if sub == 0:
-                break
-            sub = (sub - 1) & rest
-        F[S], first_f[S] = best_f, best_fb
-        whole = 0.0 if S == low else gain[S] + F[S]
-        if whole >= best_f:
-            G[S], first_g[S] = whole, S
-        else:
-            G[S], first_g[S] = best_f, best_fb
-    # first_f for inner nodes (root and chosen sets), first_g for the rest of a split
-    out = np.empty((2, size), dtype=np.int64)
-    out[0] = first_f
-    out[1] = first_g
-    return out
-
-
-def _blocks(choices: np.ndarray, S: int) -> list[int]:
-    """The children (leaf bit masks) of the inner node ``S`` in the best family."""
-    first_f, first_g = choices
-    B, rest = int(first_f[S]), S ^ int(first_f[S])
-    blocks = [B]
-    while rest:
-        block = int(first_g[rest])
-        blocks.append(block)
-        rest ^= block
-    return blocks
-
-
-def _tree_from_choices(choices: np.ndarray, n: int) -> DecayTree:
-    parents = [-1] * n
-    stack = [((1 << n) - 1, -1)]  # (set, parent node id)
-    while stack:
-        S, parent = stack.pop()
-        node = len(parents)
-        parents.append(parent)
-        for block in _blocks(choices, S):
-            if block & (block - 1):
-                stack.append((block, node))
-            else:
-                parents[block.bit_length() - 1] = node
-    return DecayTree(parents)
-
-
-def _chosen_sets(choices: np.ndarray) -> frozenset[int]:
-    """The inner nodes (leaf bit masks, the root aside) of the best family."""
-    n = int(choices.shape[1]).bit_length() - 1
-    found: list[int] = []
-    stack = [(1 << n) - 1]
-    while stack:
-        for block in _blocks(choices, stack.pop()):
-            if block & (block - 1):
-                found.append(block)
-                stack.append(block)
-    return frozenset(found)

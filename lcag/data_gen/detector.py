@@ -31,6 +31,7 @@ __all__ = [
     "beam_background",
     "leaf_species",
     "measure",
+    "momentum_covariance",
     "pid_features",
 ]
 
@@ -231,3 +232,57 @@ def background_species(features: np.ndarray) -> np.ndarray:
 def acceptance_guess(species: Sequence[int], detector: Detector) -> float:
     """The efficiencies' product for one event of these leaf species (thresholds ignored)."""
     return float(np.prod(_leaf_response(species, detector)["efficiency"]))
+
+
+def momentum_covariance(features: np.ndarray, detector: Detector) -> np.ndarray:
+    """The measurement covariance ``(..., 3, 3)`` of each leaf's ``(px, py, pz)``, as
+    :func:`measure` smears it, evaluated at the measured values.
+
+    Tracks (``charge != 0``): independent errors on ``pT`` (``sigma(pT) = pT (a pT (+) b /
+    beta)``), polar and azimuthal angle, ``pz = pT cot(theta)``. Clusters (photons by
+    ``is_photon``, else neutral hadrons): independent errors on the kinetic energy ``T``
+    (``sigma(T) = T (a / sqrt(T) + b)``, so ``sigma(|p|) = E / |p| sigma(T)``) and the two
+    angles. Linear propagation to the Cartesian components.
+
+    Args:
+        features: ``(..., F)`` measured leaves, ``(px, py, pz, E, charge, is_photon)`` first.
+    """
+    p3, energy = features[..., :3], features[..., 3]
+    charge, photon = features[..., 4], features[..., 5]
+    pt = np.maximum(np.hypot(p3[..., 0], p3[..., 1]), 1e-12)
+    p = np.maximum(np.linalg.norm(p3, axis=-1), 1e-12)
+    theta = np.arctan2(pt, p3[..., 2])
+    phi = np.arctan2(p3[..., 1], p3[..., 0])
+    sin_t, cos_t, sin_p, cos_p = np.sin(theta), np.cos(theta), np.sin(phi), np.cos(phi)
+    track = charge != 0
+    mass = np.sqrt(np.maximum(energy**2 - p**2, 0.0))
+    kinetic = np.maximum(energy - mass, 1e-12)
+
+    a, b = detector.tracks.pt_resolution
+    beta = p / np.maximum(energy, 1e-12)
+    sigma_pt = pt * np.hypot(a * pt, b / np.maximum(beta, 1e-12))
+    photons, hadrons, is_photon = detector.photons, detector.neutral_hadrons, photon > 0
+    res_a = np.where(is_photon, photons.energy_resolution[0], hadrons.energy_resolution[0])
+    res_b = np.where(is_photon, photons.energy_resolution[1], hadrons.energy_resolution[1])
+    sigma_p = energy / p * kinetic * (res_a / np.sqrt(kinetic) + res_b)
+    cluster_angle = np.where(is_photon, photons.angle_resolution, hadrons.angle_resolution)
+    angle = np.where(track, detector.tracks.angle_resolution, cluster_angle)
+
+    # columns: d(px, py, pz) / d(magnitude, theta, phi), magnitude pT (tracks) or |p| (clusters)
+    jacobian = np.zeros((*features.shape[:-1], 3, 3))
+    zero = np.zeros_like(pt)
+    d_magnitude = np.where(
+        track[..., None],
+        np.stack([cos_p, sin_p, cos_t / np.maximum(sin_t, 1e-12)], -1),
+        np.stack([sin_t * cos_p, sin_t * sin_p, cos_t], -1),
+    )
+    d_theta = np.where(
+        track[..., None],
+        np.stack([zero, zero, -pt / np.maximum(sin_t, 1e-12) ** 2], -1),
+        np.stack([p * cos_t * cos_p, p * cos_t * sin_p, -p * sin_t], -1),
+    )
+    d_phi = np.stack([-pt * sin_p, pt * cos_p, zero], -1)
+    jacobian[..., 0], jacobian[..., 1], jacobian[..., 2] = d_magnitude, d_theta, d_phi
+    sigma = np.stack([np.where(track, sigma_pt, sigma_p), angle, angle], -1)
+    scaled = jacobian * sigma[..., None, :]
+    return scaled @ np.swapaxes(scaled, -1, -2)

@@ -18,6 +18,7 @@ from lcag.data_gen.detector import (
     background_species,
     beam_background,
     measure,
+    momentum_covariance,
 )
 from lcag.data_gen.shards import TopologyTable, shard_path
 from lcag.errors import ConfigError
@@ -87,6 +88,23 @@ def test_pulls_have_unit_width_per_species() -> None:
         for name, values in (("p", pull), ("theta", theta_pull), ("phi", phi_pull)):
             assert abs(values.mean()) < 0.03, (SPECIES[s], name, values.mean())
             assert abs(values.std() - 1) < 0.03, (SPECIES[s], name, values.std())
+
+
+def test_momentum_covariance_whitens_the_measurement_errors() -> None:
+    # the covariance the baseline assumes is the one the detector smears with
+    detector = Detector()
+    detector.neutral_hadrons.energy_resolution = [0.02, 0.02]  # a cluster never lost at 0
+    species = [PI, E_, GAMMA, KL]
+    true, _, features, _ = _measure(detector, species)
+    covariance = momentum_covariance(features, detector)
+    whitened = np.linalg.solve(
+        np.linalg.cholesky(covariance), (features[..., :3] - true[..., :3])[..., None]
+    )[..., 0]
+    for leaf, s in enumerate(species):
+        w = whitened[:, leaf]
+        np.testing.assert_allclose(w.std(axis=0), 1.0, atol=0.04, err_msg=SPECIES[s])
+        correlation = np.corrcoef(w.T)[np.triu_indices(3, 1)]
+        assert np.abs(correlation).max() < 0.04, (SPECIES[s], correlation)
 
 
 def test_default_ecl_resolution_follows_the_three_term_formula() -> None:
@@ -260,6 +278,35 @@ def _trainer(root: Path, **options: object):
         default_root_dir=root,
         **options,
     )
+
+
+def test_baseline_uses_the_detector_and_sets_background_aside(detector_dataset: Path) -> None:
+    from dataclasses import replace
+
+    from lcag.data import LCAGDataset
+    from lcag.evaluate import baseline_dataset, baseline_for
+
+    baseline = baseline_for(LCAGDataset(detector_dataset, "test"), 12)
+    assert baseline.detector is not None
+    assert baseline.background
+    assert baseline.n_features == 6
+    inputs = baseline_dataset(detector_dataset, "test", baseline)
+    events = [e for e in inputs.__getitems__(range(len(inputs))) if len(e["x"]) <= 12]
+    leaves = [e["x"].astype(np.float64) for e in events]
+    truth = [e["target"] for e in events]
+    found = baseline.lcag(leaves)
+    assert [len(f) for f in found] == [len(x) for x in leaves]
+    rate = baseline.perfect_rate(leaves, truth)
+    assert rate == np.mean([np.array_equal(f, t - np.diag(np.diag(t))) for f, t in
+                            zip(found, truth, strict=True)])  # fmt: skip
+    # every leaf in the tree cannot be right when an event has background
+    everything = replace(baseline, background=False)
+    has_background = [k for k, t in enumerate(truth) if (t.clip(0).sum(axis=1) == 0).any()]
+    assert has_background
+    subset = [leaves[k] for k in has_background]
+    assert everything.perfect_rate(subset, [truth[k] for k in has_background]) == 0.0
+    assert baseline.perfect_rate(subset, [truth[k] for k in has_background]) > 0.0
+    assert rate > 0.2
 
 
 def test_data_module_selects_features_and_targets_by_name(detector_dataset: Path) -> None:
