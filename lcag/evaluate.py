@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ import numpy as np
 from lcag.baselines import CombinatorialBaseline
 from lcag.console import run_console
 from lcag.data import LCAGDataset, collate
-from lcag.decode import decode
 from lcag.inference import Reconstructor
 
 __all__ = ["baseline_dataset", "baseline_for", "evaluate", "main"]
@@ -55,7 +55,9 @@ def evaluate(
     examples = []
     baseline = None
     for split in splits:
-        dataset = LCAGDataset(data, split, max_events=max_events)
+        dataset = LCAGDataset(
+            data, split, max_events=max_events, features=reco.features, target=reco.target
+        )
         dataset.verify()
         if baseline is None:  # one baseline for every split, tuned once on the validation split
             baseline = baseline_for(dataset, baseline_max_leaves)
@@ -188,7 +190,7 @@ def _evaluate_split(
     perfect = {m: [] for m in METHODS}
     probabilities: list[float] = []
     sizes, event_depths = [], []
-    confusion = None
+    confusion = species_confusion = None
     examples = []
     for start in range(0, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
@@ -197,13 +199,20 @@ def _evaluate_split(
         batch = collate(events)
         x, mask = batch["x"].numpy().astype(np.float64), batch["mask"].numpy()
         target = batch["target"].numpy()
-        probs = reco.probabilities(x, mask)
+        probs, nodes, species = reco.outputs(x, mask)
         n_classes = probs.shape[-1]
         argmax = probs.argmax(-1)
-        decoded = decode(probs, mask, background=reco.background)
-        nodes = reco.node_scores(x, mask)
-        full = decode(probs, mask, node_scores=nodes, background=reco.background)
-        tree_probability = reco.tree_probability(full, probs, mask, nodes, x=x)
+        decoded = reco.decode(probs, mask)
+        full = reco.decode(probs, mask, nodes)
+        tree_probability = np.full(len(x), np.nan)
+        if reco.target == "lcag":
+            tree_probability = reco.tree_probability(full, probs, mask, nodes, x=x)
+        if species is not None and "species" in batch:
+            true_species = batch["species"].numpy()
+            known = true_species >= 0
+            if species_confusion is None:
+                species_confusion = np.zeros((species.shape[-1],) * 2, dtype=np.int64)
+            np.add.at(species_confusion, (true_species[known], species.argmax(-1)[known]), 1)
         if confusion is None:
             confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         valid = target >= 0
@@ -229,7 +238,8 @@ def _evaluate_split(
             perfect["baseline"].append(None if b is None else np.array_equal(b, lcag_truth))
             sizes.append(n)
             event_depths.append(int(depths[event["topology"]]))
-            if len(examples) < 3 and n >= 4 and not perfect["full"][-1]:
+            drawable = reco.target == "lcag" and not reco.background  # trees of every leaf
+            if drawable and len(examples) < 3 and n >= 4 and not perfect["full"][-1]:
                 trees = {"decoded": d, "full": full[k][np.ix_(real, real)]}
                 examples.append(_example(dataset, start + k, event, truth, trees))
     sizes_arr, depth_arr = np.array(sizes), np.array(event_depths)
@@ -242,9 +252,24 @@ def _evaluate_split(
             for v in np.unique(values):
                 result[key][method][str(int(v))] = _rate(flags[values == v])
     result["confusion"] = confusion.tolist() if confusion is not None else []
+    if species_confusion is not None:
+        result["species"] = species_accuracy(species_confusion, reco.species_names)
     result["calibration"] = calibration(np.array(probabilities), np.array(perfect["full"]))
     result["examples"] = examples
     return result
+
+
+def species_accuracy(confusion: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """The particle-type head's accuracy per true species from its confusion matrix
+    ``(S, S)`` (rows true, columns predicted): ``{"overall": .., "per_species": {name:
+    {"accuracy", "leaves"}}}``, species without leaves left out."""
+    per = {}
+    for k, name in enumerate(names):
+        total = int(confusion[k].sum())
+        if total:
+            per[name] = {"accuracy": float(confusion[k, k] / total), "leaves": total}
+    overall = float(np.trace(confusion) / max(int(confusion.sum()), 1))
+    return {"overall": overall, "per_species": per}
 
 
 def calibration(
@@ -326,6 +351,13 @@ def _markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         overall = [f"**{result['overall'][m]['rate']:.1%}**" for m in METHODS]
         lines.append("| all | " + " | ".join(overall) + " |\n")
+        if "species" in result:
+            per = result["species"]["per_species"]
+            cells = ", ".join(f"{name} {v['accuracy']:.1%}" for name, v in per.items())
+            lines.append(
+                f"Particle-type head: {result['species']['overall']:.1%} of leaves right "
+                f"({cells}).\n"
+            )
         cal = result["calibration"]
         lines.append(
             f"Tree probability of the full method: expected calibration error "

@@ -3,7 +3,11 @@
     from lcag import Reconstructor
     reco = Reconstructor.from_checkpoint("runs/tiny_transformer/checkpoints/best.ckpt")
     for event in reco.reconstruct(leaves):          # (N, L, 4) px, py, pz, E
-        print(event.tree, event.score)
+        print(event.tree, event.score, event.probability)
+
+A model trained on LCAS targets (``target: lcas``) decodes stage matrices; one with a
+particle-type head also returns each leaf's species; one trained with ``decode_background``
+leaves background leaves out of the tree (``Reconstruction.in_tree``).
 
 The checkpoint is read with ``torch.load(weights_only=True)``; the model is rebuilt from the
 configuration stored in it, and the inputs get exactly the normalisation and pair features
@@ -25,7 +29,8 @@ from lcag.checkpoints import load_checkpoint
 from lcag.console import one_line
 from lcag.decode import decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
-from lcag.errors import CheckpointError
+from lcag.decode.stages import decode_lcas
+from lcag.errors import CheckpointError, InvalidInputError
 from lcag.events import as_padded
 from lcag.evidence.calibration import (
     events_by_size,
@@ -39,6 +44,7 @@ from lcag.evidence.topologies import TopologyCatalogue
 from lcag.features import check_pair_features, model_inputs
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
+from lcag.stages import lcas_to_tree
 from lcag.training.lowrank import restore_low_rank
 from lcag.tree import DecayTree
 
@@ -50,7 +56,9 @@ class Reconstruction:
     """One event's result.
 
     Attributes:
-        lcag: ``(L, L)`` int64, the decoded LCAG (always a valid one).
+        lcag: ``(L, L)`` int64, the decoded matrix (always a valid one): LCAG heights, or for
+            a model trained on LCAS targets (``target = "lcas"``) LCAS stages; class 0 off
+            the diagonal for pairs with a leaf outside the tree (decoding with background).
         probs: ``(L, L, C)`` per-pair class probabilities from the model.
         score: the tree's score: the sum over pairs of log-probabilities, plus the weighted
             node evidence of its inner nodes when the model has some.
@@ -63,8 +71,16 @@ class Reconstruction:
             training topology (:class:`lcag.evidence.TopologyCatalogue`; the probability is
             calibrated for known and other topologies apart); ``None`` for a model trained
             before training topologies were catalogued.
-        tree: the decay tree the LCAG describes (leaf ``k`` is the event's ``k``-th
-            particle), built on first access.
+        species: ``(L,)`` int64, each leaf's most probable species (class index into
+            ``Reconstructor.species_names``) from the particle-type head; ``None`` for a
+            model without one.
+        species_probs: ``(L, S)`` the head's species probabilities, or ``None``.
+        target: ``"lcag"`` or ``"lcas"``, what ``lcag`` holds.
+        in_tree: ``(k,)`` the event leaves inside the decay tree (all of them unless
+            background leaves were set aside), on first access.
+        tree: the decay tree of the leaves in ``in_tree`` (tree leaf ``j`` is event leaf
+            ``in_tree[j]``; with LCAS, the stage tree: unstaged particles contracted), built
+            on first access.
     """
 
     lcag: np.ndarray
@@ -73,10 +89,23 @@ class Reconstruction:
     probability: float = float("nan")
     alternatives: tuple[tuple[np.ndarray, float], ...] = ()
     known_topology: bool | None = None
+    species: np.ndarray | None = None
+    species_probs: np.ndarray | None = None
+    target: str = "lcag"
+
+    @cached_property
+    def in_tree(self) -> np.ndarray:
+        off = self.lcag - np.diag(np.diag(self.lcag))
+        inside = np.flatnonzero(off.any(axis=1))
+        return inside if inside.size else np.arange(len(self.lcag))
 
     @cached_property
     def tree(self) -> DecayTree:
-        return lcag_to_tree(self.lcag)
+        inside = self.in_tree
+        matrix = self.lcag[np.ix_(inside, inside)]
+        if self.target == "lcas":
+            return lcas_to_tree(matrix)[0] if len(matrix) > 1 else DecayTree([-1])
+        return lcag_to_tree(matrix)
 
 
 class Reconstructor:
@@ -98,6 +127,14 @@ class Reconstructor:
         background: decode with leaves outside the tree (class 0 as "not in the decay",
             :mod:`lcag.decode.background`); from checkpoints, the module's
             ``decode_background``.
+        target: ``"lcag"`` or ``"lcas"``: what the model's classes are (LCAS is decoded by
+            :func:`lcag.decode.stages.decode_lcas`; tree probabilities and ``top_k > 1`` are
+            LCAG-only).
+        type_head: the particle-type head (``nn.Linear`` on the leaf embeddings), or ``None``.
+        species_names: the names of its classes (default
+            :data:`lcag.data_gen.detector.SPECIES` when the counts agree).
+        features: the leaf features by name the model reads, in order (from checkpoints, the
+            data module's selection; ``None``: every column of its training data).
     """
 
     def __init__(
@@ -113,8 +150,16 @@ class Reconstructor:
         node_weight: float = 0.0,
         temperature: float | np.ndarray = 1.0,
         background: bool = False,
+        target: str = "lcag",
+        type_head: torch.nn.Module | None = None,
+        species_names: Sequence[str] | None = None,
+        features: Sequence[str] | None = None,
     ) -> None:
+        if target not in ("lcag", "lcas"):
+            raise CheckpointError(f"target = {target!r}: expected 'lcag' or 'lcas'")
         self.background = bool(background)
+        self.target = target
+        self.features = None if features is None else list(features)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.feature_mean = torch.as_tensor(feature_mean, dtype=torch.float32, device=self.device)
@@ -131,6 +176,8 @@ class Reconstructor:
         self.evidence = None if evidence is None else evidence.to(self.device).eval()
         if self.evidence is not None and self.evidence.kind == "none":
             self.evidence = None
+        self.type_head = None if type_head is None else type_head.to(self.device).eval()
+        self.species_names = _species_names(type_head, species_names)
 
     @property
     def node_weight(self) -> float:
@@ -163,6 +210,11 @@ class Reconstructor:
                 {k[9:]: v for k, v in state.items() if k.startswith("evidence.")}
             )
             temperature = state.get("tree_temperature", torch.tensor(1.0)).cpu().numpy()
+            type_head = None
+            if "type_head.weight" in state:
+                weight = state["type_head.weight"]
+                type_head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+                type_head.load_state_dict({"weight": weight, "bias": state["type_head.bias"]})
         except (RuntimeError, KeyError) as exc:
             raise CheckpointError(
                 f"{path}: weights do not fit the stored model configuration ({one_line(exc)})"
@@ -177,12 +229,22 @@ class Reconstructor:
             evidence=evidence,
             temperature=temperature,
             background=bool(hparams.get("decode_background", False)),
+            target=str(hparams.get("target", "lcag")),
+            type_head=type_head,
+            features=(checkpoint.get("datamodule_hyper_parameters") or {}).get("features"),
         )
 
-    @torch.inference_mode()
     def _run(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Pair probabilities ``(N, L, L, C)`` and weighted node scores ``(N, 2^L)`` (or
         ``None``) for ``x (N, L, F)``, ``mask (N, L)``: one pass of the model."""
+        return self.outputs(x, mask)[:2]
+
+    @torch.inference_mode()
+    def outputs(
+        self, x: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """:meth:`_run`, and the species probabilities ``(N, L, S)`` of the particle-type head
+        (``None`` without one)."""
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         mt = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
         normalised, pair = model_inputs(
@@ -190,10 +252,40 @@ class Reconstructor:
         )
         logits, leaves = self.model.forward_with_leaves(normalised, mt, pair)
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
+        species = None
+        if self.type_head is not None:
+            species = self.type_head(leaves).float().softmax(dim=-1).cpu().numpy()
         if self.evidence is None or self.node_weight == 0:
-            return probs, None
+            return probs, None, species
         nodes = self.evidence.scores(xt, mt, leaves)
-        return probs, None if nodes is None else self.node_weight * nodes
+        return probs, None if nodes is None else self.node_weight * nodes, species
+
+    def species_probabilities(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The particle-type head's species probabilities ``(N, L, S)`` for ``x (N, L, F)``,
+        ``mask (N, L)``.
+
+        Raises:
+            CheckpointError: the model has no particle-type head.
+        """
+        species = self.outputs(x, mask)[2]
+        if species is None:
+            raise CheckpointError(
+                "this model has no particle-type head (train with type_loss_weight > 0)"
+            )
+        return species
+
+    def decode(
+        self,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None = None,
+        method: str = "auto",
+    ) -> np.ndarray:
+        """Valid-tree decoding ``(N, L, L)`` of the model's target (LCAG, or LCAS with
+        :func:`lcag.decode.stages.decode_lcas`), with the model's background setting."""
+        if self.target == "lcas":
+            return decode_lcas(probs, mask, node_scores=nodes, background=self.background)
+        return decode(probs, mask, node_scores=nodes, method=method, background=self.background)
 
     def probabilities(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Per-pair class probabilities ``(N, L, L, C)`` for ``x (N, L, F)``, ``mask (N, L)``."""
@@ -219,6 +311,10 @@ class Reconstructor:
             events whose decoded tree is of a training topology, row 1 for the others
             (:func:`lcag.evidence.calibration.fit_known_and_unseen`).
         """
+        if self.target == "lcas":
+            raise InvalidInputError(
+                "calibrate: tree probabilities are LCAG-only; this model decodes LCAS"
+            )
         groups, known = [], []
         for n, members in sorted(events_by_size(events).items()):
             for start in range(0, len(members), batch_size):
@@ -328,57 +424,88 @@ class Reconstructor:
                 order px, py, pz, E); the message names the event and leaf.
         """
         x, mask = as_padded(leaves, mask, self.n_features, self.max_leaves)
+        if self.target == "lcas" and top_k > 1:
+            raise InvalidInputError(
+                f"top_k = {top_k}: alternatives are LCAG-only; this model decodes LCAS"
+            )
         order = np.argsort(mask.sum(1), kind="stable")  # similar sizes share a batch
         out: dict[int, Reconstruction] = {}
         for start in range(0, len(x), batch_size):
             events = order[start : start + batch_size]
             size = max(int(mask[events].sum(1).max()), 1)
-            xb, mb = x[events, :size], mask[events, :size]
-            probs, nodes = self._run(xb, mb)
-            nodes = nodes if node_evidence else None
-            decoded = decode(
-                probs, mb, node_scores=nodes, method=method, background=self.background
+            found = self._reconstruct_batch(
+                x[events, :size], mask[events, :size], method, node_evidence, top_k
             )
-            scores = tree_score(decoded, probs, mb, node_scores=nodes)
-            known = self.known_topology(decoded, xb, mb)
-            hot_probs, hot_nodes, log_z = self._tempered(probs, mb, nodes, known)
-            hot = tree_score(decoded, hot_probs, mb, node_scores=hot_nodes)
-            best = (
-                lcag_top_k(probs, top_k, mb, node_scores=nodes, background=self.background)
-                if top_k > 1
-                else None
-            )
-            for k, event in enumerate(events):
-                real = np.flatnonzero(mb[k])
-                alternatives = ()
-                if best is not None:
-                    one = slice(k, k + 1)
-                    alternatives = tuple(
-                        (
-                            M[np.ix_(real, real)],
-                            _probability(
-                                tree_score(
-                                    M[None],
-                                    hot_probs[one],
-                                    mb[one],
-                                    node_scores=None if hot_nodes is None else hot_nodes[one],
-                                )[0],
-                                log_z[k],
-                            ),
-                        )
-                        for M, _ in best[k]
+            out.update(zip(events.tolist(), found, strict=True))
+        return [out[i] for i in range(len(x))]
+
+    def _reconstruct_batch(
+        self, x: np.ndarray, mask: np.ndarray, method: str, node_evidence: bool, top_k: int
+    ) -> list[Reconstruction]:
+        """:meth:`reconstruct` of one batch ``x (N, L, F)``, ``mask (N, L)``."""
+        probs, nodes, species = self.outputs(x, mask)
+        nodes = nodes if node_evidence else None
+        decoded = self.decode(probs, mask, nodes, method)
+        scores = tree_score(decoded, probs, mask, node_scores=nodes)
+        lcag = self.target == "lcag"
+        known = self.known_topology(decoded, x, mask) if lcag else np.ones(len(x), dtype=bool)
+        probability = np.full(len(x), np.nan)
+        best = None
+        if lcag:
+            hot_probs, hot_nodes, log_z = self._tempered(probs, mask, nodes, known)
+            hot = tree_score(decoded, hot_probs, mask, node_scores=hot_nodes)
+            probability = np.exp(np.minimum(hot - log_z, 0.0))
+            if top_k > 1:
+                best = lcag_top_k(probs, top_k, mask, node_scores=nodes, background=self.background)
+        found = []
+        for k in range(len(x)):
+            real = np.flatnonzero(mask[k])
+            alternatives: tuple[tuple[np.ndarray, float], ...] = ()
+            if best is not None:
+                one = slice(k, k + 1)
+                hot_one = None if hot_nodes is None else hot_nodes[one]
+                alternatives = tuple(
+                    (
+                        M[np.ix_(real, real)],
+                        _probability(
+                            tree_score(M[None], hot_probs[one], mask[one], node_scores=hot_one)[0],
+                            log_z[k],
+                        ),
                     )
-                out[int(event)] = Reconstruction(
+                    for M, _ in best[k]
+                )
+            leaf_species = None if species is None else species[k][real]
+            found.append(
+                Reconstruction(
                     lcag=decoded[k][np.ix_(real, real)],
                     probs=probs[k][np.ix_(real, real)],
                     score=float(scores[k]),
-                    probability=_probability(hot[k], log_z[k]),
+                    probability=float(probability[k]),
                     alternatives=alternatives,
-                    known_topology=bool(known[k]) if self.catalogue.fitted else None,
+                    known_topology=bool(known[k]) if lcag and self.catalogue.fitted else None,
+                    species=None if leaf_species is None else leaf_species.argmax(-1),
+                    species_probs=leaf_species,
+                    target=self.target,
                 )
-        return [out[i] for i in range(len(x))]
+            )
+        return found
 
 
 def _probability(score: float, log_z: float) -> float:
     """``exp(score_t - log Z_t)`` of a tempered score, at most 1 (rounding)."""
     return float(np.exp(min(score - log_z, 0.0)))
+
+
+def _species_names(head: torch.nn.Module | None, names: Sequence[str] | None) -> tuple[str, ...]:
+    """The particle-type head's class names: ``names``, or the detector's species when the
+    class counts agree, or ``class 0 .. S-1``; empty without a head."""
+    if head is None:
+        return ()
+    count = int(head.out_features)
+    if names is None:
+        from lcag.data_gen.detector import SPECIES
+
+        names = SPECIES if len(SPECIES) == count else [f"class {k}" for k in range(count)]
+    if len(names) != count:
+        raise CheckpointError(f"species_names: {len(names)} names for {count} classes")
+    return tuple(names)

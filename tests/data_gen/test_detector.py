@@ -393,6 +393,27 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
     decoded = module.decode(module(batch["x"], batch["mask"]), batch["mask"]).numpy()
     for matrix, mask in zip(decoded, batch["mask"].numpy(), strict=True):
         assert is_valid_lcas(matrix[np.ix_(mask, mask)])
+    # the Reconstructor decodes the checkpoint's target, with background leaves set aside
+    from lcag.data import LCAGDataset
+    from lcag.errors import InvalidInputError
+    from lcag.inference import Reconstructor
+
+    module.hparams.decode_background = True
+    trainer.save_checkpoint(tmp_path / "lcas.ckpt")
+    reco = Reconstructor.from_checkpoint(tmp_path / "lcas.ckpt")
+    assert reco.target == "lcas"
+    assert reco.background
+    assert reco.features is None  # every column, as trained
+    events = LCAGDataset(detector_dataset, "test", target="lcas").__getitems__(range(8))
+    found = reco.reconstruct([e["x"] for e in events])
+    for result, event in zip(found, events, strict=True):
+        assert result.target == "lcas"
+        assert len(result.lcag) == len(event["x"])
+        assert is_valid_lcas(result.lcag[np.ix_(result.in_tree, result.in_tree)])
+        assert result.tree.n_leaves == len(result.in_tree)
+        assert np.isnan(result.probability)
+    with pytest.raises(InvalidInputError, match="LCAG-only"):
+        reco.reconstruct([events[0]["x"]], top_k=2)
     with pytest.raises(ConfigError, match="LCAG-only"):
         LCAGModule(model, target="lcas")
     with pytest.raises(ConfigError, match="data module reads 'lcas'"):
@@ -414,6 +435,7 @@ def test_particle_type_head_learns_species(detector_dataset: Path, tmp_path: Pat
     module = LCAGModule(model, node_evidence="none", type_loss_weight=1.0, lr=1e-2)
     trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False)
     trainer.fit(module, dm)
+    trainer.save_checkpoint(tmp_path / "types.ckpt")
     trainer.test(module, dm, verbose=False)
     by_species = module.results["test"]["type_accuracy_by_species"]
     assert list(by_species) == list(SPECIES)
@@ -424,3 +446,22 @@ def test_particle_type_head_learns_species(detector_dataset: Path, tmp_path: Pat
     assert module.results["test"]["type_accuracy"] > 0.6
     plain = LCAGModule(model, node_evidence="none")
     assert plain.type_head is None
+    # the Reconstructor returns each leaf's species, as the head classifies it
+    from lcag.data import LCAGDataset
+    from lcag.inference import Reconstructor
+
+    reco = Reconstructor.from_checkpoint(tmp_path / "types.ckpt")
+    assert reco.species_names == SPECIES
+    events = LCAGDataset(detector_dataset, "test").__getitems__(range(30))
+    found = reco.reconstruct([e["x"] for e in events])
+    right = total = 0
+    for result, event in zip(found, events, strict=True):
+        assert result.species_probs.shape == (len(event["x"]), len(SPECIES))
+        np.testing.assert_allclose(result.species_probs.sum(-1), 1.0, rtol=1e-5)
+        right += int((result.species == event["species"]).sum())
+        total += len(event["x"])
+    assert right / total > 0.6
+    x = np.stack([events[0]["x"]])
+    probs = reco.species_probabilities(x, np.ones(x.shape[:2], dtype=bool))
+    np.testing.assert_allclose(probs[0], found[0].species_probs, rtol=1e-5)
+    assert Reconstructor.from_checkpoint(tmp_path / "types.ckpt").type_head is not None
