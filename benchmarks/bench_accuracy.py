@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 PAPER = {6: 0.925, 10: 0.597}
 METHODS = {
     "perfect_argmax": "argmax",
@@ -203,7 +205,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_accuracy")
     parser.add_argument(
-        "--data-config", default="paper", help="paper (exact) or realistic (resolution, widths)"
+        "--data-config",
+        default="paper",
+        help="paper (exact), realistic (resolution, widths), belle2_b0 (bench_detector.py)",
     )
     parser.add_argument("--models", nargs="+", default=["tiny_transformer", "tiny_nri"])
     parser.add_argument(
@@ -222,6 +226,11 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.data_config.startswith("belle2"):  # decay tables with a detector: its own grid
+        from bench_detector import grid
+
+        grid(args.out, args.minutes, args.budget, args.data_config)
+        return
     data = make_data(args.out, args.data_config)
     results = [
         train_and_test(
