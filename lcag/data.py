@@ -247,6 +247,16 @@ def feature_columns(
     return [have.index(n) for n in names]
 
 
+def has_background(manifest: dict[str, Any]) -> bool:
+    """Whether a dataset's generation put leaves from outside the tree into its events
+    (random background, ``kinematics.background_mean``, or a detector's beam background)."""
+    config = manifest.get("config") or {}
+    if float((config.get("kinematics") or {}).get("background_mean", 0.0) or 0.0) > 0:
+        return True
+    background = ((config.get("detector") or {}).get("background")) or {}
+    return any(float(background.get(key, 0.0) or 0.0) > 0 for key in ("photons", "tracks"))
+
+
 def check_target(manifest: dict[str, Any], target: str, root: Path | str = "dataset") -> str:
     """``target`` when the dataset holds it (``lcag`` always, ``lcas`` when generated so).
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from lcag.baselines import CombinatorialBaseline
 from lcag.console import run_console
-from lcag.data import LCAGDataset, collate
+from lcag.data import LCAGDataset, collate, has_background
 from lcag.inference import Reconstructor
 
 __all__ = ["baseline_dataset", "baseline_for", "evaluate", "main"]
@@ -131,9 +131,7 @@ def baseline_for(
     kinematics = config.get("kinematics", {})
     resolution = float(kinematics.get("momentum_resolution", 0.0))
     detector = _detector(dataset)
-    background = bool(kinematics.get("background_mean", 0.0))
-    if detector is not None:
-        background = background or detector.background.photons + detector.background.tracks > 0
+    background = has_background(dataset.manifest)
     if not masses:  # only two-level trees: any mass below the root can match nothing
         masses = {float(table.masses.max()) * 2: 0.0}
     mother = kinematics.get("mother_momentum")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcag.checkpoints import load_checkpoint
-from lcag.data import LCAGDataset
+from lcag.data import LCAGDataset, has_background
 from lcag.decode import EXACT_MAX_LEAVES, decode
 from lcag.decode.stages import decode_lcas
 from lcag.errors import ConfigError
@@ -102,7 +102,9 @@ class LCAGModule(pl.LightningModule):
         n_species: species classes of the particle-type head.
         decode_background: valid-tree decoding may leave leaves out of the tree (class 0 as
             "not in the decay", :mod:`lcag.decode.background`), for data with background
-            leaves; stored in checkpoints, so :class:`lcag.Reconstructor` decodes alike.
+            leaves; ``None`` (default): on when the training data has background
+            (:func:`lcag.data.has_background`, read when the trainer sets the module up),
+            else off. Stored in checkpoints, so :class:`lcag.Reconstructor` decodes alike.
         target: ``lcag`` (heights) or ``lcas`` (stages, :mod:`lcag.stages`; the data module's
             ``target`` must agree). With ``lcas`` the same metrics are reported, decoding
             is :func:`lcag.decode.stages.decode_lcas` and the valid-argmax rate counts valid
@@ -136,7 +138,7 @@ class LCAGModule(pl.LightningModule):
         target: Literal["lcag", "lcas"] = "lcag",
         type_loss_weight: float = 0.0,
         n_species: int = 7,
-        decode_background: bool = False,
+        decode_background: bool | None = None,
     ) -> None:
         super().__init__()
         if target not in ("lcag", "lcas"):
@@ -236,6 +238,8 @@ class LCAGModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is None:
             return
+        if self.hparams.get("decode_background") is None and hasattr(datamodule, "manifest"):
+            self.hparams.decode_background = has_background(datamodule.manifest)
         wanted = getattr(datamodule, "hparams", {}).get("target", "lcag")
         if wanted != self.hparams.target:
             raise ConfigError(

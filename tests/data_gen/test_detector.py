@@ -309,6 +309,20 @@ def test_baseline_uses_the_detector_and_sets_background_aside(detector_dataset: 
     assert rate > 0.2
 
 
+def test_background_is_read_from_the_manifest(detector_dataset: Path) -> None:
+    import json
+
+    from lcag.data import has_background
+
+    manifest = json.loads((detector_dataset / "manifest.json").read_text())
+    assert has_background(manifest)
+    quiet = copy.deepcopy(manifest)
+    quiet["config"]["detector"]["background"] = {"photons": 0.0, "tracks": 0.0}
+    assert not has_background(quiet)
+    assert has_background({"config": {"kinematics": {"background_mean": 0.5}}})
+    assert not has_background({"config": {"kinematics": {"momentum_resolution": 0.01}}})
+
+
 def test_data_module_selects_features_and_targets_by_name(detector_dataset: Path) -> None:
     from lcag.data import LCAGDataModule
     from lcag.errors import DatasetError
@@ -355,6 +369,7 @@ def test_a_model_trains_on_detector_features(
     trainer.fit(module, dm)
     assert module.feature_mean.shape == (width,)
     assert torch.allclose(module.feature_mean, torch.tensor(dm.normalisation[0]).float())
+    assert module.hparams.decode_background is True  # chosen from the data's background
 
 
 def test_feature_count_mismatch_is_named(detector_dataset: Path, tmp_path: Path) -> None:
