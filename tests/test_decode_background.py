@@ -177,3 +177,12 @@ def test_the_module_and_reconstructor_decode_with_background_when_asked(target):
     result = Reconstruction(lcag=truth, probs=probs[0], score=0.0, target=target)
     np.testing.assert_array_equal(result.in_tree, [0, 2, 4])
     assert result.tree.n_leaves == 3
+    from lcag.ntuple.cli import event_parents
+
+    parents = event_parents(result)  # 5 leaves, then the tree's 2 inner nodes
+    assert len(parents) == 7
+    assert parents[1] == parents[3] == -2
+    assert sorted(parents[[0, 2, 4]].tolist()) == [5, 5, 6] or sorted(
+        parents[[0, 2, 4]].tolist()
+    ) == [5, 6, 6]
+    assert sorted(parents[5:].tolist()) in ([-1, 5], [-1, 6])

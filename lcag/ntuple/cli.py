@@ -8,13 +8,18 @@ Per entry (event) the output holds, in the input's order, input files one after 
 - ``n_leaves`` (int32): the event's number of leaves ``L``;
 - ``lcag`` (jagged int32, ``L * L`` values): the decoded LCAG, row-major
   (``lcag.reshape(L, L)``; leaf ``k`` is the event's ``k``-th value of the feature branches);
-- ``parent`` (jagged int32, one per tree node): the decay tree as a parent array, leaves
-  first, then inner nodes by height, ``-1`` for the root (as ``Reconstruction.tree.parents``);
+  for a model trained on LCAS targets, the decoded stages;
+- ``parent`` (jagged int32, one per tree node): the decay tree as a parent array, the
+  event's leaves first, then inner nodes (by height for LCAG), ``-1`` for the root (as
+  ``Reconstruction.tree.parents`` when every leaf is in the tree) and ``-2`` for a leaf the
+  model left out of the tree (background, for a model decoding with background);
 - ``score`` (float64): the tree's score; ``probability`` (float64): its probability among all
   valid trees (above 10 leaves an upper bound, among the approximate decoder's trees);
 - ``known_topology`` (int8): 1 when the tree, its leaves labelled by species, has the shape of
   a training topology, 0 when not (its probability is calibrated for such trees apart), -1
   for a model trained before training topologies were catalogued;
+- ``species`` (jagged int32, one per leaf), only for a model with a particle-type head:
+  each leaf's most probable species (``Reconstructor.species_names``);
 - the ``--carry`` branches, unchanged.
 
 ROOT output adds uproot's counter branches ``n_lcag`` and ``n_parent``. The input is read in
@@ -41,11 +46,19 @@ from lcag.ntuple.parents import parents_from_lcag
 from lcag.ntuple.sinks import Sink, counter_name, parse_output
 from lcag.ntuple.sources import DEFAULT_FEATURES, Chunk, iter_chunks, need, open_source
 
-__all__ = ["OUTPUT_BRANCHES", "Summary", "main", "reconstruct_chunk", "reconstruct_files"]
+__all__ = [
+    "OUTPUT_BRANCHES",
+    "Summary",
+    "event_parents",
+    "main",
+    "reconstruct_chunk",
+    "reconstruct_files",
+]
 
 PROG = "lcag-reconstruct"
 OUTPUT_BRANCHES = ("n_leaves", "lcag", "parent", "score", "probability", "known_topology")
-JAGGED_OUTPUTS = ("lcag", "parent")
+OPTIONAL_OUTPUTS = ("species",)  # with a particle-type head
+JAGGED_OUTPUTS = ("lcag", "parent", "species")
 DEFAULT_STEP = 10_000
 
 
@@ -72,7 +85,8 @@ def reconstruct_chunk(
 
     Returns:
         ``{"n_leaves", "score", "probability", "known_topology"}`` as numpy arrays,
-        ``{"lcag", "parent"}`` as jagged awkward arrays, one entry per event of the chunk.
+        ``{"lcag", "parent"}`` (and ``"species"`` with a type head) as jagged awkward arrays,
+        one entry per event of the chunk.
     """
     ak = need("awkward")
     try:
@@ -94,6 +108,43 @@ def reconstruct_chunk(
     )
     flat = [r.lcag.ravel() for r in results]
     lcag = np.concatenate(flat).astype(np.int32) if flat else np.zeros(0, dtype=np.int32)
+    if reco.target == "lcag" and not reco.background:
+        parent = _lcag_parents(results, n)
+    else:  # stage trees, or trees leaving leaves out: one tree per event
+        parent = ak.Array([event_parents(r).tolist() for r in results])
+        parent = ak.values_astype(parent, np.int32)
+    columns = {
+        "n_leaves": n,
+        "lcag": ak.unflatten(lcag, n.astype(np.int64) ** 2),
+        "parent": parent,
+        "score": score,
+        "probability": probability,
+        "known_topology": known,
+    }
+    if reco.type_head is not None:
+        species = [r.species.astype(np.int32) for r in results]
+        flat_species = np.concatenate(species) if species else np.zeros(0, dtype=np.int32)
+        columns["species"] = ak.unflatten(flat_species, n.astype(np.int64))
+    return columns
+
+
+def event_parents(result: Any) -> np.ndarray:
+    """One reconstruction's tree as an event-level parent array ``(L + inner nodes,)`` int32:
+    the event's ``L`` leaves first, then the tree's inner nodes in its order; ``-1`` for the
+    root, ``-2`` for a leaf outside the tree."""
+    n_leaves = len(result.lcag)
+    inside, tree = result.in_tree, result.tree
+    k = tree.n_leaves
+    out = np.full(n_leaves + tree.n_nodes - k, -2, dtype=np.int32)
+    parents = np.asarray(tree.parents)
+    shifted = np.where(parents < 0, -1, parents - k + n_leaves)
+    out[inside] = shifted[:k]
+    out[n_leaves:] = shifted[k:]
+    return out
+
+
+def _lcag_parents(results: list[Any], n: np.ndarray) -> np.ndarray:
+    """The parent arrays of trees over every leaf, flat int32, vectorised by leaf count."""
     n_nodes = np.zeros(len(n), dtype=np.int64)
     groups = []
     for size in np.unique(n).tolist():
@@ -109,14 +160,7 @@ def reconstruct_chunk(
         width = np.arange(parents.shape[1])
         real = width < nodes[:, None]
         parent[(offsets[events][:, None] + width)[real]] = parents[real]
-    return {
-        "n_leaves": n,
-        "lcag": ak.unflatten(lcag, n.astype(np.int64) ** 2),
-        "parent": ak.unflatten(parent, n_nodes),
-        "score": score,
-        "probability": probability,
-        "known_topology": known,
-    }
+    return need("awkward").unflatten(parent, n_nodes)
 
 
 def reconstruct_files(
@@ -151,7 +195,7 @@ def reconstruct_files(
         raise InvalidInputError("--features: at least one leaf-feature branch is needed")
     if step_size < 1:
         raise InvalidInputError(f"--step-size: {step_size}, must be at least 1")
-    reserved = set(OUTPUT_BRANCHES)
+    reserved = set(OUTPUT_BRANCHES) | set(OPTIONAL_OUTPUTS)
     if tree is not None:
         reserved |= {counter_name(name) for name in JAGGED_OUTPUTS}
     clash = [name for name in carry if name in reserved]

@@ -406,14 +406,16 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
         )
     )
     decoded = module.decode(module(batch["x"], batch["mask"]), batch["mask"]).numpy()
+    assert module.hparams.decode_background  # the data has background: read from it
     for matrix, mask in zip(decoded, batch["mask"].numpy(), strict=True):
-        assert is_valid_lcas(matrix[np.ix_(mask, mask)])
+        real = matrix[np.ix_(mask, mask)]
+        inside = np.flatnonzero((real > 0).any(axis=1))  # background leaves: class 0
+        assert is_valid_lcas(real[np.ix_(inside, inside)])
     # the Reconstructor decodes the checkpoint's target, with background leaves set aside
     from lcag.data import LCAGDataset
     from lcag.errors import InvalidInputError
     from lcag.inference import Reconstructor
 
-    module.hparams.decode_background = True
     trainer.save_checkpoint(tmp_path / "lcas.ckpt")
     reco = Reconstructor.from_checkpoint(tmp_path / "lcas.ckpt")
     assert reco.target == "lcas"
@@ -429,6 +431,22 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
         assert np.isnan(result.probability)
     with pytest.raises(InvalidInputError, match="LCAG-only"):
         reco.reconstruct([events[0]["x"]], top_k=2)
+    # lcag-reconstruct writes the same trees, background leaves marked -2
+    import awkward as ak
+
+    from lcag.ntuple.cli import event_parents, reconstruct_files
+
+    columns = {name: [e["x"][:, k].tolist() for e in events]
+               for k, name in enumerate(DETECTOR_FEATURES)}  # fmt: skip
+    ak.to_parquet(ak.zip(columns, depth_limit=1), tmp_path / "in.parquet")
+    reconstruct_files(tmp_path / "lcas.ckpt", [tmp_path / "in.parquet"], tmp_path / "out.parquet",
+                      features=DETECTOR_FEATURES)  # fmt: skip
+    written = ak.from_parquet(tmp_path / "out.parquet")
+    assert "species" not in written.fields
+    for row, result in zip(written, found, strict=True):
+        np.testing.assert_array_equal(np.asarray(row["parent"]), event_parents(result))
+        n = len(result.lcag)
+        np.testing.assert_array_equal(np.asarray(row["lcag"]).reshape(n, n), result.lcag)
     with pytest.raises(ConfigError, match="LCAG-only"):
         LCAGModule(model, target="lcas")
     with pytest.raises(ConfigError, match="data module reads 'lcas'"):
@@ -479,4 +497,15 @@ def test_particle_type_head_learns_species(detector_dataset: Path, tmp_path: Pat
     x = np.stack([events[0]["x"]])
     probs = reco.species_probabilities(x, np.ones(x.shape[:2], dtype=bool))
     np.testing.assert_allclose(probs[0], found[0].species_probs, rtol=1e-5)
-    assert Reconstructor.from_checkpoint(tmp_path / "types.ckpt").type_head is not None
+    import awkward as ak
+
+    from lcag.ntuple.cli import reconstruct_files
+
+    columns = {name: [e["x"][:, k].tolist() for e in events]
+               for k, name in enumerate(DETECTOR_FEATURES)}  # fmt: skip
+    ak.to_parquet(ak.zip(columns, depth_limit=1), tmp_path / "in.parquet")
+    reconstruct_files(tmp_path / "types.ckpt", [tmp_path / "in.parquet"],
+                      tmp_path / "out.parquet", features=DETECTOR_FEATURES)  # fmt: skip
+    written = ak.from_parquet(tmp_path / "out.parquet")
+    for row, result in zip(written, found, strict=True):
+        np.testing.assert_array_equal(np.asarray(row["species"]), result.species)
