@@ -66,6 +66,9 @@ class TreeCalibration(pl.Callback):
         callback = trainer.checkpoint_callback
         path = getattr(callback, "best_model_path", "") if callback else ""
         datamodule = getattr(trainer, "datamodule", None)
+        if pl_module.hparams.get("target", "lcag") != "lcag":
+            print("tree probabilities are LCAG-only: no calibration for an LCAS model")
+            path = ""
         if path and datamodule is not None and trainer.global_rank == 0:
             temperature = calibrate_checkpoint(path, datamodule.data_dir, self.max_events)
             known, other = (", ".join(f"{t:.3g}" for t in row[2:]) for row in temperature)

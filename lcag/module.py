@@ -108,8 +108,9 @@ class LCAGModule(pl.LightningModule):
         target: ``lcag`` (heights) or ``lcas`` (stages, :mod:`lcag.stages`; the data module's
             ``target`` must agree). With ``lcas`` the same metrics are reported, decoding
             is :func:`lcag.decode.stages.decode_lcas` and the valid-argmax rate counts valid
-            LCAS; node evidence (``node_evidence: none``) and the tree loss are LCAG-only
-            for now.
+            LCAS; node evidence works alike (the mass prior and the subset head learn the
+            LCAS tree's nodes, the staged particles), the tree loss and tree probabilities
+            are LCAG-only for now.
     """
 
     def __init__(
@@ -143,10 +144,10 @@ class LCAGModule(pl.LightningModule):
         super().__init__()
         if target not in ("lcag", "lcas"):
             raise ConfigError(f"target = {target!r}: expected 'lcag' or 'lcas'")
-        if target == "lcas" and (node_evidence != "none" or tree_loss_weight > 0):
+        if target == "lcas" and tree_loss_weight > 0:
             raise ConfigError(
-                "target = 'lcas': node evidence and the tree loss are LCAG-only for now; set "
-                "node_evidence: none and tree_loss_weight: 0"
+                "target = 'lcas': the tree loss is LCAG-only for now (it needs the LCAG "
+                "log-partition); set tree_loss_weight: 0"
             )
         self.save_hyperparameters(ignore=["model"])
         self.hparams["model"] = model.config()
@@ -265,7 +266,12 @@ class LCAGModule(pl.LightningModule):
         wants_prior = self.evidence.kind != "none" and not self.mass_prior.fitted
         if stage != "fit" or not (wants_prior or not self.evidence.catalogue.fitted):
             return
-        train = LCAGDataset(datamodule.data_dir, "train", max_events=self.hparams.mass_prior_events)
+        train = LCAGDataset(
+            datamodule.data_dir,
+            "train",
+            max_events=self.hparams.mass_prior_events,
+            target=self.hparams.target,  # LCAS: the staged particles are the nodes
+        )
         events = train.__getitems__(range(len(train)))
         if wants_prior:
             prior = MassPrior.fit(
@@ -430,14 +436,9 @@ class LCAGModule(pl.LightningModule):
             if full is None or weight == 0:
                 return pair_only
             nodes = full if prior is None else blend(prior, full, share)
-            return torch.from_numpy(
-                decode(
-                    probs,
-                    mask_np,
-                    node_scores=weight * nodes,
-                    background=bool(self.hparams.get("decode_background", False)),
-                )
-            ).to(logits.device)
+            return torch.from_numpy(self._decoder(probs, mask_np, weight * nodes)).to(
+                logits.device
+            )
 
         if subset in VAL_SUBSETS:
             for (weight, share), metric in zip(

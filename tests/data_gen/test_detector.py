@@ -396,7 +396,7 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
     pl.seed_everything(0)
     dm = LCAGDataModule(str(detector_dataset), batch_size=32, target="lcas")
     model = LCAGTransformer(n_classes=dm.n_classes, n_features=11, dim=16, depth=1, heads=2)
-    module = LCAGModule(model, target="lcas", node_evidence="none")
+    module = LCAGModule(model, target="lcas")  # with the subset head and the mass prior
     trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=2)
     trainer.fit(module, dm)
     assert "val/perfect_decoded" in trainer.callback_metrics
@@ -447,8 +447,10 @@ def test_a_model_trains_and_decodes_lcas_targets(detector_dataset: Path, tmp_pat
         np.testing.assert_array_equal(np.asarray(row["parent"]), event_parents(result))
         n = len(result.lcag)
         np.testing.assert_array_equal(np.asarray(row["lcag"]).reshape(n, n), result.lcag)
+    assert module.mass_prior.fitted  # on the LCAS trees' nodes
+    assert reco.evidence is not None
     with pytest.raises(ConfigError, match="LCAG-only"):
-        LCAGModule(model, target="lcas")
+        LCAGModule(model, target="lcas", tree_loss_weight=0.5)
     with pytest.raises(ConfigError, match="data module reads 'lcas'"):
         _trainer(tmp_path / "mismatch", max_steps=1).fit(
             LCAGModule(model, node_evidence="none"), dm
