@@ -8,17 +8,20 @@ function of the inputs and the generator's state.
 
 Features per leaf (:data:`DETECTOR_FEATURES`): the measured ``(px, py, pz, E)``, ``charge``,
 ``is_photon`` and five PID likelihood ratios ``pid_e .. pid_p`` (summing to 1 for tracks, all
-0 for neutral leaves). Species classes (:data:`SPECIES`) are what a particle-type head learns.
+0 for neutral leaves), and with a ``vertex`` response the tracks' production-vertex
+``displacement`` (:func:`detector_features`). Species classes (:data:`SPECIES`) are what a
+particle-type head learns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
 import numpy as np
 
-from lcag.data_gen.config import ClusterResponse, Detector
+from lcag.data_gen.config import ClusterResponse, Detector, VertexResponse
 from lcag.data_gen.topology import Topology
 from lcag.errors import ConfigError
 
@@ -29,10 +32,12 @@ __all__ = [
     "acceptance_guess",
     "background_species",
     "beam_background",
+    "detector_features",
     "leaf_species",
     "measure",
     "momentum_covariance",
     "pid_features",
+    "production_displacement",
 ]
 
 SPECIES = ("e", "mu", "pi", "K", "p", "gamma", "K_L0/n")  # leaf species classes 0..6
@@ -42,6 +47,73 @@ SPECIES_OF_PDG = {**TRACKS, 22: PHOTON, 130: NEUTRAL_HADRON, 2112: NEUTRAL_HADRO
 DETECTOR_FEATURES = ("px", "py", "pz", "E", "charge", "is_photon")
 DETECTOR_FEATURES += ("pid_e", "pid_mu", "pid_pi", "pid_K", "pid_p")
 PION_MASS = 0.13957039  # GeV (PDG), the mass of background tracks
+DISPLACEMENT = DETECTOR_FEATURES.index("pid_p") + 1  # its column, after the PID
+
+
+def detector_features(detector: Detector) -> tuple[str, ...]:
+    """The leaf feature columns a detector writes: :data:`DETECTOR_FEATURES`, and
+    ``displacement`` with a ``vertex`` response."""
+    return DETECTOR_FEATURES + (("displacement",) if detector.vertex is not None else ())
+
+
+def production_displacement(
+    true: np.ndarray, topology: Topology, vertex: VertexResponse, rng: np.random.Generator
+) -> np.ndarray:
+    """True distance ``(E, L)`` (cm) of each leaf's production vertex from the interaction
+    point: the summed flights of its long-lived ancestors (:class:`VertexResponse`).
+
+    Args:
+        true: ``(E, L, 4)`` true leaf 4-momenta (GeV) of events of ``topology``.
+    """
+    tree = topology.tree
+    E, L, _ = true.shape
+    lifetimes = {node: _ctau_mm(int(tree.pdg_ids[node])) for node in tree.inner_nodes}
+    flying = [node for node, ctau in lifetimes.items() if ctau >= vertex.min_ctau]
+    draws = rng.exponential(size=(E, len(flying)))  # proper decay lengths in units of c tau
+    decay = {}  # node -> (E, 3) decay vertex (mm)
+    origin = np.zeros((E, 3))
+    for node in _top_down(tree):
+        start = origin if tree.parents[node] < 0 else decay[tree.parents[node]]
+        if node < tree.n_leaves:
+            continue
+        flight = np.zeros((E, 3))
+        if node in flying:
+            p4 = true[:, list(tree.leaves_under(node))].sum(axis=1)  # (E, 4)
+            mass = np.sqrt(np.maximum(p4[:, 3] ** 2 - np.square(p4[:, :3]).sum(1), 1e-12))
+            flight = p4[:, :3] / mass[:, None] * lifetimes[node]
+            flight *= draws[:, flying.index(node), None]
+        decay[node] = start + flight
+    produced = np.stack(
+        [decay[tree.parents[leaf]] if tree.parents[leaf] >= 0 else origin for leaf in range(L)],
+        axis=1,
+    )  # (E, L, 3)
+    return np.linalg.norm(produced, axis=-1) / 10.0  # mm -> cm
+
+
+def _top_down(tree: Any) -> list[int]:
+    """Every node of ``tree``, each after its parent."""
+    order, stack = [], [tree.root]
+    children: dict[int, list[int]] = {}
+    for node, parent in enumerate(tree.parents):
+        if parent >= 0:
+            children.setdefault(int(parent), []).append(node)
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(children.get(node, []))
+    return order
+
+
+@cache
+def _ctau_mm(pdg: int) -> float:
+    """``c tau`` (mm) of a particle from ``particle`` (0 where unknown or not finite)."""
+    from particle import Particle
+
+    try:
+        ctau = Particle.from_pdgid(pdg).ctau
+    except RuntimeError:  # an id particle does not know (ParticleNotFound): decays in place
+        return 0.0
+    return float(ctau) if ctau is not None and np.isfinite(ctau) else 0.0
 
 
 def leaf_species(topology: Topology) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +156,7 @@ def measure(
     charges: np.ndarray,
     detector: Detector,
     rng: np.random.Generator,
+    displacement: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Measured leaf features of ``E`` events of one topology, and which events are kept.
 
@@ -99,9 +172,12 @@ def measure(
         masses: ``(L,)`` leaf masses.
         species: ``(L,)`` species classes (:func:`leaf_species`).
         charges: ``(L,)`` leaf charges.
+        displacement: ``(E, L)`` true production-vertex distances (cm,
+            :func:`production_displacement`); needed with a ``vertex`` response, whose
+            resolution smears them (tracks; neutral leaves get 0).
 
     Returns:
-        ``(E, L, 11)`` features (:data:`DETECTOR_FEATURES`) and ``(E,)`` bool kept.
+        ``(E, L, F)`` features (:func:`detector_features`) and ``(E,)`` bool kept.
     """
     E, L, _ = true.shape
     noise = rng.standard_normal((E, L, 3))
@@ -128,14 +204,19 @@ def measure(
     sin_t, cos_t = np.sin(theta_meas), np.cos(theta_meas)
     p_cluster = np.sqrt(t_meas * (t_meas + 2.0 * masses))
     p_meas = np.where(track, pt_meas / np.maximum(sin_t, 1e-12), p_cluster)
-    features = np.zeros((E, L, len(DETECTOR_FEATURES)))
+    features = np.zeros((E, L, len(detector_features(detector))))
     features[..., 0] = p_meas * sin_t * np.cos(phi_meas)
     features[..., 1] = p_meas * sin_t * np.sin(phi_meas)
     features[..., 2] = p_meas * cos_t
     features[..., 3] = np.where(track, np.hypot(p_meas, masses), t_meas + masses)
     features[..., 4] = charges
     features[..., 5] = species == PHOTON
-    features[..., 6:] = pid_features(species, gumbel, detector)
+    features[..., 6:DISPLACEMENT] = pid_features(species, gumbel, detector)
+    if detector.vertex is not None:
+        if displacement is None:
+            raise ValueError("measure: a vertex response needs the true displacements")
+        smeared = displacement + detector.vertex.resolution * rng.standard_normal((E, L))
+        features[..., DISPLACEMENT] = np.where(track, smeared, 0.0)
 
     visible = np.where(track, pt, kinetic) >= leaf["threshold"]
     found = (found_draw < leaf["efficiency"]) & visible
@@ -193,7 +274,8 @@ def beam_background(
     photons first; :func:`background_species` gives the leaves' species.
 
     Returns:
-        ``n_events`` feature arrays ``(k_e, 11)``.
+        ``n_events`` feature arrays ``(k_e, F)`` (:func:`detector_features`; tracks from the
+        interaction point, their displacement smeared about 0).
     """
     bg = detector.background
     n_photons = rng.poisson(bg.photons, size=n_events)
@@ -207,14 +289,16 @@ def beam_background(
     gumbel = rng.gumbel(size=(t, 5))
     sin_theta = np.sqrt(1.0 - cos_theta**2)
     p = np.concatenate([energy, pt / np.maximum(sin_theta[g:], 1e-12)])
-    features = np.zeros((g + t, len(DETECTOR_FEATURES)))
+    features = np.zeros((g + t, len(detector_features(detector))))
     features[:, 0] = p * sin_theta * np.cos(phi)
     features[:, 1] = p * sin_theta * np.sin(phi)
     features[:, 2] = p * cos_theta
     features[:, 3] = np.concatenate([energy, np.hypot(p[g:], PION_MASS)])
     features[g:, 4] = charge
     features[:g, 5] = 1.0
-    features[g:, 6:] = pid_features(np.full(t, TRACKS[211]), gumbel, detector)
+    features[g:, 6:DISPLACEMENT] = pid_features(np.full(t, TRACKS[211]), gumbel, detector)
+    if detector.vertex is not None:
+        features[g:, DISPLACEMENT] = detector.vertex.resolution * rng.standard_normal(t)
     # photons of all events, then tracks: a stable sort by event lists each event's photons
     # first, then its tracks
     event = np.concatenate(

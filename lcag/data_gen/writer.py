@@ -133,9 +133,9 @@ def feature_names(cfg: GenerationConfig) -> tuple[str, ...]:
     """The leaf feature columns a generation writes (``px, py, pz, E`` first)."""
     if cfg.detector is None:
         return FEATURES
-    from lcag.data_gen.detector import DETECTOR_FEATURES
+    from lcag.data_gen.detector import detector_features
 
-    return DETECTOR_FEATURES
+    return detector_features(cfg.detector)
 
 
 def plan_shards(cfg: GenerationConfig) -> list[ShardPlan]:
@@ -799,7 +799,12 @@ def _detected_events(
     Raises:
         ConfigError: a topology whose acceptance is below 1 in 1000 after 10,000 events.
     """
-    from lcag.data_gen.detector import acceptance_guess, leaf_species, measure
+    from lcag.data_gen.detector import (
+        acceptance_guess,
+        leaf_species,
+        measure,
+        production_displacement,
+    )
     from lcag.data_gen.kinematics import generate_events
 
     detector = cfg.detector
@@ -822,7 +827,14 @@ def _detected_events(
         for k, ask, block in zip(active, asks, blocks, strict=True):
             species, charges = labels[k]
             masses = topologies[k].tree.masses[: topologies[k].n_leaves]
-            features, ok = measure(block.leaves, masses, species, charges, detector, rng)
+            displacement = None
+            if detector.vertex is not None:
+                displacement = production_displacement(
+                    block.leaves, topologies[k], detector.vertex, rng
+                )
+            features, ok = measure(
+                block.leaves, masses, species, charges, detector, rng, displacement
+            )
             take = features[ok][: missing[k]]
             kept[k].append(take)
             missing[k] -= len(take)

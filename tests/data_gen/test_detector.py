@@ -19,6 +19,7 @@ from lcag.data_gen.detector import (
     beam_background,
     measure,
     momentum_covariance,
+    production_displacement,
 )
 from lcag.data_gen.shards import TopologyTable, shard_path
 from lcag.errors import ConfigError
@@ -105,6 +106,39 @@ def test_momentum_covariance_whitens_the_measurement_errors() -> None:
         np.testing.assert_allclose(w.std(axis=0), 1.0, atol=0.04, err_msg=SPECIES[s])
         correlation = np.corrcoef(w.T)[np.triu_indices(3, 1)]
         assert np.abs(correlation).max() < 0.04, (SPECIES[s], correlation)
+
+
+def test_long_lived_ancestors_displace_their_tracks() -> None:
+    from lcag.data_gen.config import VertexResponse
+    from lcag.data_gen.topology import Topology
+    from lcag.tree import DecayTree
+
+    # B0 (at rest) -> K_S0 gamma, K_S0 -> pi+ pi-: the pions fly with the K_S0
+    tree = DecayTree([3, 3, 4, 4, -1], pdg_ids=[211, -211, 22, 310, 511],
+                     masses=[0.13957, 0.13957, 0.0, 0.497611, 5.27966])  # fmt: skip
+    topology = Topology(tree, np.zeros(5))
+    n = 40_000
+    pion = np.array([0.0, 0.0, 0.5, np.hypot(0.5, 0.13957)])
+    photon = np.array([0.0, 0.0, -1.0, 1.0])
+    true = np.broadcast_to(np.stack([pion, pion, photon]), (n, 3, 4)).copy()
+    vertex = VertexResponse(resolution=0.002)
+    distance = production_displacement(true, topology, vertex, np.random.default_rng(0))
+    kaon = pion[:3] * 2, pion[3] * 2
+    beta_gamma = np.linalg.norm(kaon[0]) / np.sqrt(kaon[1] ** 2 - kaon[0] @ kaon[0])
+    expected = beta_gamma * 26.844 / 10  # cm: beta gamma c tau of the K_S0
+    np.testing.assert_allclose(distance[:, 0], distance[:, 1])  # one K_S0 vertex for both
+    assert abs(distance[:, 0].mean() / expected - 1) < 0.02
+    assert abs(distance[:, 0].std() / expected - 1) < 0.03  # exponential: std = mean
+    assert (distance[:, 2] == 0).all()  # the photon comes from the B0, at rest
+    detector = Detector(vertex=vertex)
+    species, charges = np.array([PI, PI, GAMMA], np.int8), np.array([1.0, -1.0, 0.0])
+    masses = np.array([0.13957, 0.13957, 0.0])
+    features, _ = measure(true, masses, species, charges, detector,
+                          np.random.default_rng(1), distance)  # fmt: skip
+    assert features.shape[-1] == len(DETECTOR_FEATURES) + 1
+    pull = (features[:, :2, -1] - distance[:, :2]) / vertex.resolution
+    assert abs(pull.std() - 1) < 0.02
+    assert (features[:, 2, -1] == 0).all()
 
 
 def test_default_ecl_resolution_follows_the_three_term_formula() -> None:
@@ -307,6 +341,23 @@ def test_baseline_uses_the_detector_and_sets_background_aside(detector_dataset: 
     assert everything.perfect_rate(subset, [truth[k] for k in has_background]) == 0.0
     assert baseline.perfect_rate(subset, [truth[k] for k in has_background]) > 0.0
     assert rate > 0.2
+
+
+def test_a_vertex_response_adds_the_displacement_feature(tmp_path: Path) -> None:
+    import json
+
+    from lcag.data import LCAGDataset
+    from lcag.data_gen.writer import generate_dataset
+
+    out = tmp_path / "data"
+    generate_dataset(load_config(_config(vertex={})), out, workers=1, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["features"] == [*DETECTOR_FEATURES, "displacement"]
+    events = LCAGDataset(out, "train").__getitems__(range(60))
+    x = np.concatenate([e["x"] for e in events])
+    photon = x[:, 5] > 0
+    assert (x[photon | (x[:, 4] == 0), -1] == 0).all()  # neutral leaves: no vertex
+    assert x[~photon & (x[:, 4] != 0), -1].std() > 0
 
 
 def test_background_is_read_from_the_manifest(detector_dataset: Path) -> None:
