@@ -133,7 +133,11 @@ class TrackResponse:
 
     ``sigma(pT) / pT = a * pT (+) b / beta`` (added in quadrature; ``pt_resolution = [a, b]``,
     ``pT`` in GeV, ``beta`` of the true particle), Gaussian smearing of polar and azimuthal
-    angle by ``angle_resolution`` (rad); the energy follows from the true particle's mass.
+    angle by ``angle_resolution`` (rad). The energy follows from the momentum and a mass
+    hypothesis: with ``mass_hypothesis: pid`` (default) the species the track's PID likelihood
+    ratios favour, as a reconstruction assigns it (a misidentified track gets the wrong
+    mass), with ``true`` the true particle's mass (which hands the species to anything that
+    reads ``E^2 - p^2``).
     A track is found with probability ``efficiency`` when its true ``pT >= min_pt``, never
     below.
     """
@@ -142,6 +146,7 @@ class TrackResponse:
     angle_resolution: float = 0.001
     efficiency: float = 0.95
     min_pt: float = 0.05
+    mass_hypothesis: Literal["pid", "true"] = "pid"
 
 
 @dataclass

@@ -33,6 +33,7 @@ __all__ = [
     "background_species",
     "beam_background",
     "detector_features",
+    "hypothesis_masses",
     "leaf_species",
     "measure",
     "momentum_covariance",
@@ -47,6 +48,8 @@ SPECIES_OF_PDG = {**TRACKS, 22: PHOTON, 130: NEUTRAL_HADRON, 2112: NEUTRAL_HADRO
 DETECTOR_FEATURES = ("px", "py", "pz", "E", "charge", "is_photon")
 DETECTOR_FEATURES += ("pid_e", "pid_mu", "pid_pi", "pid_K", "pid_p")
 PION_MASS = 0.13957039  # GeV (PDG), the mass of background tracks
+# GeV (PDG): e, mu, pi, K, p, the mass hypotheses of tracks (the PID's order)
+TRACK_MASSES = np.array([0.00051099895, 0.1056583755, PION_MASS, 0.493677, 0.93827208816])
 DISPLACEMENT = DETECTOR_FEATURES.index("pid_p") + 1  # its column, after the PID
 
 
@@ -161,7 +164,8 @@ def measure(
     """Measured leaf features of ``E`` events of one topology, and which events are kept.
 
     Tracks: ``pT -> pT (1 + sigma N)``, ``sigma = a pT (+) b / beta``; polar and azimuthal
-    angle smeared by the angular resolution; ``E`` from the true mass. Clusters (photons,
+    angle smeared by the angular resolution; ``E`` from the mass hypothesis (the PID's
+    favourite species, or the true mass: ``tracks.mass_hypothesis``). Clusters (photons,
     neutral hadrons): the deposited (kinetic) energy ``T -> T (1 + sigma N)``,
     ``sigma = a / sqrt(T) + b``, clipped at 0, angles smeared; ``|p|`` from ``T`` and the mass.
     A leaf is found with its species' efficiency when its true ``pT`` (tracks) or ``T``
@@ -208,10 +212,12 @@ def measure(
     features[..., 0] = p_meas * sin_t * np.cos(phi_meas)
     features[..., 1] = p_meas * sin_t * np.sin(phi_meas)
     features[..., 2] = p_meas * cos_t
-    features[..., 3] = np.where(track, np.hypot(p_meas, masses), t_meas + masses)
+    pid = pid_features(species, gumbel, detector)
+    track_mass = hypothesis_masses(pid, masses, detector)
+    features[..., 3] = np.where(track, np.hypot(p_meas, track_mass), t_meas + masses)
     features[..., 4] = charges
     features[..., 5] = species == PHOTON
-    features[..., 6:DISPLACEMENT] = pid_features(species, gumbel, detector)
+    features[..., 6:DISPLACEMENT] = pid
     if detector.vertex is not None:
         if displacement is None:
             raise ValueError("measure: a vertex response needs the true displacements")
@@ -246,6 +252,15 @@ def _reflect(theta: np.ndarray) -> np.ndarray:
     """Polar angles folded back into ``[0, pi]``."""
     theta = np.abs(theta)
     return np.where(theta > np.pi, 2.0 * np.pi - theta, theta)
+
+
+def hypothesis_masses(pid: np.ndarray, masses: np.ndarray, detector: Detector) -> np.ndarray:
+    """The mass ``(...)`` a reconstruction gives each track: that of the species its PID
+    likelihood ratios ``pid (..., 5)`` favour (``tracks.mass_hypothesis: pid``), or the true
+    ``masses (...)`` (``true``)."""
+    if detector.tracks.mass_hypothesis == "true":
+        return np.broadcast_to(masses, pid.shape[:-1])
+    return TRACK_MASSES[pid.argmax(axis=-1)]
 
 
 def pid_features(species: np.ndarray, gumbel: np.ndarray, detector: Detector) -> np.ndarray:
@@ -293,10 +308,12 @@ def beam_background(
     features[:, 0] = p * sin_theta * np.cos(phi)
     features[:, 1] = p * sin_theta * np.sin(phi)
     features[:, 2] = p * cos_theta
-    features[:, 3] = np.concatenate([energy, np.hypot(p[g:], PION_MASS)])
+    pid = pid_features(np.full(t, TRACKS[211]), gumbel, detector)
+    track_mass = hypothesis_masses(pid, np.full(t, PION_MASS), detector)
+    features[:, 3] = np.concatenate([energy, np.hypot(p[g:], track_mass)])
     features[g:, 4] = charge
     features[:g, 5] = 1.0
-    features[g:, 6:DISPLACEMENT] = pid_features(np.full(t, TRACKS[211]), gumbel, detector)
+    features[g:, 6:DISPLACEMENT] = pid
     if detector.vertex is not None:
         features[g:, DISPLACEMENT] = detector.vertex.resolution * rng.standard_normal(t)
     # photons of all events, then tracks: a stable sort by event lists each event's photons

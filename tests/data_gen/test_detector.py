@@ -15,6 +15,7 @@ from lcag.data_gen.detector import (
     DETECTOR_FEATURES,
     PHOTON,
     SPECIES,
+    TRACK_MASSES,
     background_species,
     beam_background,
     measure,
@@ -71,12 +72,16 @@ def test_pulls_have_unit_width_per_species() -> None:
         if s < PHOTON:
             pull = (pt_m - pt)[:, leaf] / (sigma_pt * pt)[:, leaf]
             angle = detector.tracks.angle_resolution
-            # the energy follows from the measured momentum and the true mass
+            # the energy follows from the measured momentum and the PID's mass hypothesis
+            hypothesis = TRACK_MASSES[features[:, leaf, 6:11].argmax(-1)]
             np.testing.assert_allclose(
                 features[:, leaf, 3],
-                np.hypot(np.linalg.norm(features[:, leaf, :3], axis=-1), masses[leaf]),
+                np.hypot(np.linalg.norm(features[:, leaf, :3], axis=-1), hypothesis),
                 rtol=1e-12,
             )
+            right = features[:, leaf, 6:11].argmax(-1) == s
+            expected = detector.pid.response[s][s] if s < PHOTON else 1.0
+            assert abs(right.mean() - expected) < 0.01  # misidentified: the wrong mass
         else:
             response = detector.photons if s == GAMMA else detector.neutral_hadrons
             kinetic = true[:, leaf, 3] - masses[leaf]
@@ -139,6 +144,15 @@ def test_long_lived_ancestors_displace_their_tracks() -> None:
     pull = (features[:, :2, -1] - distance[:, :2]) / vertex.resolution
     assert abs(pull.std() - 1) < 0.02
     assert (features[:, 2, -1] == 0).all()
+
+
+def test_true_mass_hypothesis_gives_the_true_mass() -> None:
+    detector = Detector()
+    detector.tracks.mass_hypothesis = "true"
+    _, masses, features, _ = _measure(detector, [PI, E_], n_events=2000)
+    mass2 = features[..., 3] ** 2 - np.square(features[..., :3]).sum(-1)
+    np.testing.assert_allclose(np.sqrt(np.maximum(mass2, 0)), np.broadcast_to(masses, mass2.shape),
+                               atol=1e-6)  # fmt: skip
 
 
 def test_default_ecl_resolution_follows_the_three_term_formula() -> None:
