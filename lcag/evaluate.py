@@ -190,6 +190,7 @@ def _evaluate_split(
     sizes, event_depths = [], []
     confusion = species_confusion = None
     examples = []
+    drawable = reco.target == "lcag" and not reco.background  # examples: trees of every leaf
     for start in range(0, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
         events = dataset.__getitems__(indices)
@@ -236,7 +237,6 @@ def _evaluate_split(
             perfect["baseline"].append(None if b is None else np.array_equal(b, lcag_truth))
             sizes.append(n)
             event_depths.append(int(depths[event["topology"]]))
-            drawable = reco.target == "lcag" and not reco.background  # trees of every leaf
             if drawable and len(examples) < 3 and n >= 4 and not perfect["full"][-1]:
                 trees = {"decoded": d, "full": full[k][np.ix_(real, real)]}
                 examples.append(_example(dataset, start + k, event, truth, trees))

@@ -436,9 +436,7 @@ class LCAGModule(pl.LightningModule):
             if full is None or weight == 0:
                 return pair_only
             nodes = full if prior is None else blend(prior, full, share)
-            return torch.from_numpy(self._decoder(probs, mask_np, weight * nodes)).to(
-                logits.device
-            )
+            return torch.from_numpy(self._decoder(probs, mask_np, weight * nodes)).to(logits.device)
 
         if subset in VAL_SUBSETS:
             for (weight, share), metric in zip(

@@ -14,7 +14,7 @@ from test_baseline import CASCADE, cascades
 from lcag import tree_to_lcag
 from lcag.baselines import CombinatorialBaseline
 from lcag.baselines.combinatorial import _best_sets
-from lcag.baselines.masses import kinematic_fit, relative_covariance, subset_masses
+from lcag.baselines.masses import kinematic_fit, members, relative_covariance, subset_masses
 from lcag.errors import InvalidInputError
 
 TOTAL = [0.0, 0.0, 0.0, 100.0]  # CASCADE events: a mother of mass 100 at rest
@@ -124,7 +124,12 @@ def test_a_per_leaf_covariance_gives_the_relative_resolution_results():
         a = subset_masses(event, 0.01, fit)
         b = subset_masses(event, 0.0, fit, covariance)
         np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
-        np.testing.assert_allclose(a[1], b[1], rtol=1e-9, atol=1e-6)  # single leaves: rounding
+        # subsets of two or more leaves: the closed form and the propagation agree to 1e-11
+        # here; a single leaf's sigma (never used: no node) is 0 propagated and cancellation
+        # noise (~1e-7) in the closed form, so it is only bounded
+        several = members(4).sum(1) >= 2
+        np.testing.assert_allclose(a[1][several], b[1][several], rtol=1e-9)
+        assert np.abs(a[1][~several] - b[1][~several]).max() < 1e-4
     plain = kinematic_fit(event, 0.01, total)
     general = kinematic_fit(event, 0.0, total, covariance)
     assert plain is not None

@@ -167,9 +167,7 @@ def test_the_module_and_reconstructor_decode_with_background_when_asked(target):
     off = LCAGModule(LCAGTransformer(n_classes=3), node_evidence="none", target=target)
     np.testing.assert_array_equal(on._decoder(probs, mask)[0], truth)
     assert (off._decoder(probs, mask)[0][~np.eye(5, dtype=bool)] > 0).all()
-    reco = Reconstructor(
-        on.model, torch.zeros(4), torch.ones(4), background=True, target=target
-    )
+    reco = Reconstructor(on.model, torch.zeros(4), torch.ones(4), background=True, target=target)
     assert reco.background
     np.testing.assert_array_equal(reco.decode(probs, mask)[0], truth)
     from lcag.inference import Reconstruction

@@ -30,7 +30,11 @@ What an analyst does without machine learning:
    exactly by dynamic programming over leaf subsets (``O(3^L)`` per event, compiled). A
    subset with a negative score is never chosen; with the likelihood this is the most probable
    tree when subsets are taken as independent and ``node_penalty`` is the log prior odds of a
-   node.
+   node. With ``background`` the root is chosen too: the leaf set ``R`` maximising its root
+   score (:func:`root_log_likelihood`) + the best family below it (the same programme's
+   ``F[R]``) + ``background_penalty`` per leaf outside ``R``; those leaves get class 0.
+4. Resolutions. One relative ``resolution``, or with a ``detector`` each leaf's momentum
+   covariance from its species' response (:mod:`lcag.baselines.masses`).
 
 The tree it returns is always valid: leaves not inside any chosen set hang from the smallest
 chosen set containing them. Input is what :class:`lcag.Reconstructor` takes.
@@ -268,10 +272,11 @@ class CombinatorialBaseline:
             raise InvalidInputError("leaves: no events to tune on")
         events = [x[k][mask[k]] for k in range(len(x))]
         true = _truth_sets(truth, [len(p) for p in events])
+        measured = [self._masses_of(p) for p in events]  # the scales below do not change them
         weights = self._weights
         if count_weights:
-            measured = [self._masses_of(p)[:2] for p in events]
-            weights = _count_weights(measured, [sets for _, sets in true], self._masses)
+            masses = [m[:2] for m in measured]
+            weights = _count_weights(masses, [sets for _, sets in true], self._masses)
         tuned = replace(self, mass_weights=[float(w) for w in weights])
         hard = [k for k, p in enumerate(events) if len(p) >= 3 or self.background]
         trivial = len(events) - len(hard)
@@ -281,7 +286,7 @@ class CombinatorialBaseline:
         best: tuple[int, dict[str, float]] | None = None
         for resolution_scale, width_scale in itertools.product(scales, shapes):
             trial = replace(tuned, resolution_scale=resolution_scale, width_scale=width_scale)
-            scores = [trial._scores(events[k], with_penalty=False) for k in hard]
+            scores = [trial._scores(events[k], False, measured[k]) for k in hard]
             for penalty in _first(self.node_penalty, penalties):
                 right = trivial + sum(
                     _best_sets(ratio + penalty, root, self.background_penalty) == true[k]
@@ -295,7 +300,7 @@ class CombinatorialBaseline:
         tuned = replace(tuned, **best[1])
         if not self.background:
             return tuned
-        scores = [tuned._scores(events[k], with_penalty=True) for k in hard]
+        scores = [tuned._scores(events[k], True, measured[k]) for k in hard]
         best_background = (-1, self.background_penalty)
         for background_penalty in _first(self.background_penalty, background_penalties):
             right = sum(
@@ -323,14 +328,15 @@ class CombinatorialBaseline:
 
     def _masses_of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Subset masses and uncertainties ``(2^n,)`` of one event ``(n, F)``, and each leaf's
-        momentum covariance ``(n, 3, 3)`` (``None`` without resolution or detector)."""
+        momentum covariance ``(n, 3, 3)`` (``None`` without a detector, or without
+        background for a relative resolution)."""
         p = x[:, :4]
         covariance = None
         if self.detector is not None:
             from lcag.data_gen.detector import momentum_covariance
 
             covariance = momentum_covariance(x, self.detector)
-        elif self.resolution > 0:
+        elif self.resolution > 0 and self.background:  # for the root's score only
             covariance = relative_covariance(p, self.resolution)
         fit = None if self.background else self._total
         if self.detector is None:
@@ -338,11 +344,15 @@ class CombinatorialBaseline:
         return (*subset_masses(p, 0.0, fit, covariance), covariance)
 
     def _scores(
-        self, x: np.ndarray, with_penalty: bool = True
+        self,
+        x: np.ndarray,
+        with_penalty: bool = True,
+        measured: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Every subset's score as an inner node ``(2^n,)``, and with ``background`` as the
-        root ``(2^n,)`` (``None`` without)."""
-        mass, sigma, covariance = self._masses_of(x)
+        root ``(2^n,)`` (``None`` without); ``measured``: :meth:`_masses_of` of ``x`` when
+        already computed."""
+        mass, sigma, covariance = self._masses_of(x) if measured is None else measured
         if self.method == "window":
             gain = window_gain(
                 mass, sigma, self._masses, self._widths, self.mass_tolerance, self.window

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
-from typing import Any
 
 import numpy as np
 
@@ -73,38 +72,17 @@ def production_displacement(
     lifetimes = {node: _ctau_mm(int(tree.pdg_ids[node])) for node in tree.inner_nodes}
     flying = [node for node, ctau in lifetimes.items() if ctau >= vertex.min_ctau]
     draws = rng.exponential(size=(E, len(flying)))  # proper decay lengths in units of c tau
-    decay = {}  # node -> (E, 3) decay vertex (mm)
-    origin = np.zeros((E, 3))
-    for node in _top_down(tree):
-        start = origin if tree.parents[node] < 0 else decay[tree.parents[node]]
-        if node < tree.n_leaves:
-            continue
-        flight = np.zeros((E, 3))
-        if node in flying:
-            p4 = true[:, list(tree.leaves_under(node))].sum(axis=1)  # (E, 4)
-            mass = np.sqrt(np.maximum(p4[:, 3] ** 2 - np.square(p4[:, :3]).sum(1), 1e-12))
-            flight = p4[:, :3] / mass[:, None] * lifetimes[node]
-            flight *= draws[:, flying.index(node), None]
-        decay[node] = start + flight
-    produced = np.stack(
-        [decay[tree.parents[leaf]] if tree.parents[leaf] >= 0 else origin for leaf in range(L)],
-        axis=1,
-    )  # (E, L, 3)
+    flights = {}  # long-lived node -> (E, 3) its flight (mm)
+    for column, node in enumerate(flying):
+        p4 = true[:, list(tree.leaves_under(node))].sum(axis=1)  # (E, 4)
+        mass = np.sqrt(np.maximum(p4[:, 3] ** 2 - np.square(p4[:, :3]).sum(1), 1e-12))
+        flights[node] = p4[:, :3] / mass[:, None] * (lifetimes[node] * draws[:, column, None])
+    produced = np.zeros((E, L, 3))  # each leaf's production vertex (mm)
+    for leaf in range(L):
+        for ancestor in tree.ancestors(leaf):
+            if ancestor in flights:
+                produced[:, leaf] += flights[ancestor]
     return np.linalg.norm(produced, axis=-1) / 10.0  # mm -> cm
-
-
-def _top_down(tree: Any) -> list[int]:
-    """Every node of ``tree``, each after its parent."""
-    order, stack = [], [tree.root]
-    children: dict[int, list[int]] = {}
-    for node, parent in enumerate(tree.parents):
-        if parent >= 0:
-            children.setdefault(int(parent), []).append(node)
-    while stack:
-        node = stack.pop()
-        order.append(node)
-        stack.extend(children.get(node, []))
-    return order
 
 
 @cache

@@ -143,8 +143,9 @@ def event_parents(result: Any) -> np.ndarray:
     return out
 
 
-def _lcag_parents(results: list[Any], n: np.ndarray) -> np.ndarray:
-    """The parent arrays of trees over every leaf, flat int32, vectorised by leaf count."""
+def _lcag_parents(results: list[Any], n: np.ndarray) -> Any:
+    """The parent arrays of LCAG trees over every leaf, jagged int32 (awkward), vectorised by
+    leaf count."""
     n_nodes = np.zeros(len(n), dtype=np.int64)
     groups = []
     for size in np.unique(n).tolist():
