@@ -131,14 +131,18 @@ def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:
     return tables
 
 
-METHODS = ("perfect_argmax", "perfect_decoded", "perfect_prior", "perfect_full")
+METHODS = ("perfect_argmax", "perfect_decoded", "perfect_prior", "perfect_nodes", "perfect_full")
 _LABELS = {
     "perfect_argmax": ("argmax", "each leaf pair's likeliest class on its own (may be no tree)"),
     "perfect_decoded": ("valid tree", "the likeliest decay tree from the pair scores alone"),
     "perfect_prior": ("+ mass prior", "the likeliest tree with each node's mass evidence added"),
-    "perfect_full": (
+    "perfect_nodes": (
         "+ subset head",
-        "with the learnt subset head's node evidence instead (the full method)",
+        "with the learnt subset head's node evidence instead",
+    ),
+    "perfect_full": (
+        "+ topology prior",
+        "and trees of the training topologies favoured by the topology prior (the full method)",
     ),
 }
 
@@ -148,29 +152,26 @@ def reported_methods(info: dict[str, Any]) -> list[str]:
     return [m for m in METHODS if m in info.get("by_size", {}) or m in info]
 
 
+def _label(method: str, methods: list[str]) -> tuple[str, str]:
+    """A method's column title and description; without a subset head (no
+    ``perfect_prior`` column) the node evidence is the mass prior."""
+    if method == "perfect_nodes" and "perfect_prior" not in methods:
+        return _LABELS["perfect_prior"]
+    return _LABELS[method]
+
+
 def column_label(method: str, methods: list[str]) -> str:
-    """A method's column title; without a subset head the full method is the mass prior."""
-    if method == "perfect_full" and "perfect_prior" not in methods:
-        return _LABELS["perfect_prior"][0]
-    return _LABELS[method][0]
+    """A method's column title."""
+    return _label(method, methods)[0]
 
 
 def caption(methods: list[str]) -> str:
     """What each column is, one line per method (weights chosen on the validation split)."""
-    lines = []
-    for method in methods:
-        if method == "perfect_full" and "perfect_prior" not in methods:
-            label, text = (
-                _LABELS["perfect_prior"][0],
-                _LABELS["perfect_prior"][1] + " (the full method)",
-            )
-        else:
-            label, text = _LABELS[method]
-        lines.append(f"{label}: {text}")
-    if any(m in methods for m in ("perfect_prior", "perfect_full")):
+    lines = [": ".join(_label(method, methods)) for method in methods]
+    if any(m in methods for m in ("perfect_prior", "perfect_nodes", "perfect_full")):
         lines.append(
-            "node-evidence weights were chosen on validation (known topologies, and unseen "
-            "ones where the data has a val_unknown split)"
+            "node-evidence weights and the topology prior's odds were chosen on validation "
+            "(known topologies, and unseen ones where the data has a val_unknown split)"
         )
     return "\n".join(lines)
 

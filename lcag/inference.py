@@ -16,6 +16,7 @@ training used (both live in the checkpoint).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,6 +42,13 @@ from lcag.evidence.calibration import (
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.node_evidence import NodeEvidence, upgrade_state_dict
 from lcag.evidence.topologies import TopologyCatalogue
+from lcag.evidence.topology_prior import (
+    apply_bonus,
+    bonus_log_partition,
+    known_bonus,
+    known_candidates,
+    known_scores,
+)
 from lcag.features import check_pair_features, model_inputs
 from lcag.matrix import lcag_to_tree
 from lcag.models.base import LCAGModel
@@ -135,6 +143,11 @@ class Reconstructor:
             :data:`lcag.data_gen.detector.SPECIES` when the counts agree).
         features: the leaf features by name the model reads, in order (from checkpoints, the
             data module's selection; ``None``: every column of its training data).
+        topology_log_odds: the log prior odds of the topology prior
+            (:mod:`lcag.evidence.topology_prior`: trees of a training topology favoured,
+            exactly); ``None``: the evidence's, chosen on validation (``-inf``, off, for
+            checkpoints without it). Used with node evidence, for LCAG models decoded
+            without background.
     """
 
     def __init__(
@@ -154,6 +167,7 @@ class Reconstructor:
         type_head: torch.nn.Module | None = None,
         species_names: Sequence[str] | None = None,
         features: Sequence[str] | None = None,
+        topology_log_odds: float | None = None,
     ) -> None:
         if target not in ("lcag", "lcas"):
             raise CheckpointError(f"target = {target!r}: expected 'lcag' or 'lcas'")
@@ -173,6 +187,10 @@ class Reconstructor:
             evidence.weight.fill_(float(node_weight))
         self.temperature = np.atleast_2d(np.asarray(temperature, dtype=np.float64))
         self.catalogue = TopologyCatalogue.empty() if evidence is None else evidence.catalogue
+        if topology_log_odds is None:
+            stored = -math.inf if evidence is None else float(evidence.topology_log_odds)
+            topology_log_odds = stored
+        self.topology_log_odds = float(topology_log_odds)
         self.evidence = None if evidence is None else evidence.to(self.device).eval()
         if self.evidence is not None and self.evidence.kind == "none":
             self.evidence = None
@@ -280,12 +298,40 @@ class Reconstructor:
         mask: np.ndarray,
         nodes: np.ndarray | None = None,
         method: str = "auto",
+        x: np.ndarray | None = None,
     ) -> np.ndarray:
         """Valid-tree decoding ``(N, L, L)`` of the model's target (LCAG, or LCAS with
-        :func:`lcag.decode.stages.decode_lcas`), with the model's background setting."""
+        :func:`lcag.decode.stages.decode_lcas`), with the model's background setting; with
+        the leaves ``x (N, L, F)``, under the topology prior (:attr:`topology_log_odds`)."""
         if self.target == "lcas":
             return decode_lcas(probs, mask, node_scores=nodes, background=self.background)
-        return decode(probs, mask, node_scores=nodes, method=method, background=self.background)
+        trees = decode(probs, mask, node_scores=nodes, method=method, background=self.background)
+        prior = self._topology_prior(x, mask, probs.shape[-1])
+        if prior is None:
+            return trees
+        known, bonus = prior
+        scores = tree_score(trees, probs, mask, node_scores=nodes)
+        values = known_scores(known, probs, mask, nodes)
+        return apply_bonus(trees, scores, known, values, mask, bonus)
+
+    def _topology_prior(
+        self, x: np.ndarray | None, mask: np.ndarray, n_classes: int
+    ) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """The known trees over each event's leaves and their bonus ``(N,)``
+        (:mod:`lcag.evidence.topology_prior`), or ``None`` where the prior does not apply
+        (no leaves given, prior off, LCAS, background decoding, no catalogued trees)."""
+        if (
+            x is None
+            or self.topology_log_odds == -math.inf
+            or self.target != "lcag"
+            or self.background
+            or not len(self.catalogue.trees)
+        ):
+            return None
+        known = known_candidates(self.catalogue, x, mask)
+        counts = np.array([len(k) for k in known])
+        bonus = known_bonus(self.topology_log_odds, mask.sum(1), counts, n_classes - 1)
+        return known, bonus
 
     def probabilities(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Per-pair class probabilities ``(N, L, L, C)`` for ``x (N, L, F)``, ``mask (N, L)``."""
@@ -324,8 +370,14 @@ class Reconstructor:
                 truth = np.stack([e["target"] for e in chunk]).astype(np.int64)
                 truth[:, np.arange(n), np.arange(n)] = 0
                 probs, nodes = self._run(x, mask)
-                decoded = decode(probs, mask, node_scores=nodes, background=self.background)
-                groups.append((probs.astype(np.float64), mask, nodes, truth))
+                decoded = self.decode(probs, mask, nodes, x=x)
+                group = (probs.astype(np.float64), mask, nodes, truth)
+                prior = self._topology_prior(x, mask, probs.shape[-1])
+                if prior is not None:  # the true tree's bonus, and every known tree's
+                    trees, bonus = prior
+                    truth_known = self.catalogue.contains(truth, x, mask)
+                    group += (_objects(trees), bonus, np.where(truth_known, bonus, 0.0))
+                groups.append(group)
                 known.append(self.catalogue.contains(decoded, x, mask))
         self.temperature = fit_known_and_unseen(groups, known)
         return self.temperature
@@ -341,12 +393,14 @@ class Reconstructor:
         mask: np.ndarray,
         nodes: np.ndarray | None,
         known: np.ndarray | None = None,
+        x: np.ndarray | None = None,
     ) -> np.ndarray:
         """``log Z_t`` ``(N,)`` of the tree scores over the temperature ``t``, for pair
         probabilities ``(N, L, L, C)``, ``mask (N, L)`` and weighted node scores ``(N, 2^L)``;
         ``known (N,)``: whether each event's decoded tree is of a training topology (which
-        temperature it takes; all known when ``None``)."""
-        return self._tempered(probs, mask, nodes, known)[2]
+        temperature it takes; all known when ``None``); with the leaves ``x (N, L, F)``,
+        under the topology prior."""
+        return self._tempered(probs, mask, nodes, known, x)[2]
 
     def _tempered(
         self,
@@ -354,19 +408,26 @@ class Reconstructor:
         mask: np.ndarray,
         nodes: np.ndarray | None,
         known: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        x: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """The tempered model: pair probabilities ``(N, L, L, C)`` and node scores
-        ``(N, 2^L)`` whose tree scores are the originals over ``t``, and its log-partition
-        ``(N,)``. A tree's probability is its score under these inputs minus the
-        log-partition: both floor a pair probability at the same ``1e-12`` (a score over
-        ``t`` taken from the untempered inputs would not, and at ``t < 1`` put sure trees
-        far below their probability)."""
-        hot_probs, hot_nodes = scaled(probs, nodes, self.temperatures(mask, known))
-        return (
-            hot_probs,
-            hot_nodes,
-            log_partition(hot_probs, mask, node_scores=hot_nodes, background=self.background),
-        )
+        ``(N, 2^L)`` whose tree scores are the originals over ``t``, its log-partition
+        ``(N,)`` and the tempered topology bonus of known trees ``(N,)`` (0 without leaves
+        ``x`` or prior). A tree's probability is its score under these inputs (plus the
+        bonus if known) minus the log-partition: both floor a pair probability at the same
+        ``1e-12`` (a score over ``t`` taken from the untempered inputs would not, and at
+        ``t < 1`` put sure trees far below their probability)."""
+        t = self.temperatures(mask, known)
+        hot_probs, hot_nodes = scaled(probs, nodes, t)
+        log_z = log_partition(hot_probs, mask, node_scores=hot_nodes, background=self.background)
+        hot_bonus = np.zeros(len(probs))
+        prior = self._topology_prior(x, mask, probs.shape[-1])
+        if prior is not None:
+            trees, bonus = prior
+            hot_bonus = bonus / t
+            values = known_scores(trees, hot_probs, mask, hot_nodes)
+            log_z = bonus_log_partition(log_z, values, hot_bonus)
+        return hot_probs, hot_nodes, log_z, hot_bonus
 
     def temperatures(self, mask: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
         """The temperature of each event ``(N,)`` by its leaf count, ``mask (N, L)``, and
@@ -387,9 +448,58 @@ class Reconstructor:
         ``x (N, L, F)``, the temperature is that of known or of other topologies, by
         whether ``lcag`` is of a training topology; without them, that of known ones."""
         known = None if x is None else self.known_topology(lcag, x, mask)
-        hot_probs, hot_nodes, log_z = self._tempered(probs, mask, nodes, known)
+        hot_probs, hot_nodes, log_z, hot_bonus = self._tempered(probs, mask, nodes, known, x)
         scores = tree_score(lcag, hot_probs, mask, node_scores=hot_nodes)
+        if known is not None:
+            scores = scores + np.where(known, hot_bonus, 0.0)
         return np.exp(np.minimum(scores - log_z, 0.0))
+
+    def _top_k(
+        self,
+        x: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        k: int,
+        leaves: np.ndarray | None,
+    ) -> list[list[tuple[np.ndarray, bool]]]:
+        """Each event's ``k`` best trees ``(L, L)`` under the topology prior, best first,
+        each with whether it is of a training topology: the ``k`` best of all trees
+        (:func:`lcag.decode.top_k`) and the ``k`` best known trees with their bonus, merged
+        (exact: a tree among the ``k`` best under the prior is among the ``k`` best of its
+        kind)."""
+        best = lcag_top_k(probs, k, mask, node_scores=nodes, background=self.background)
+        flags = [
+            self.known_topology(
+                np.stack([M for M, _ in trees]),
+                x[e : e + 1].repeat(len(trees), 0),
+                mask[e : e + 1].repeat(len(trees), 0),
+            )
+            for e, trees in enumerate(best)
+        ]
+        prior = self._topology_prior(leaves, mask, probs.shape[-1])
+        if prior is None:
+            return [
+                [(M, bool(f)) for (M, _), f in zip(trees, fl, strict=True)]
+                for trees, fl in zip(best, flags, strict=True)
+            ]
+        known, bonus = prior
+        values = known_scores(known, probs, mask, nodes)
+        out = []
+        for e, trees in enumerate(best):
+            real = np.flatnonzero(mask[e])
+            ranked = [
+                (score + (bonus[e] if f else 0.0), M, bool(f))
+                for (M, score), f in zip(trees, flags[e], strict=True)
+            ]
+            for a in np.argsort(-values[e], kind="stable")[:k]:
+                M = np.full_like(trees[0][0], -1)
+                M[np.ix_(real, real)] = known[e][a]
+                if not any(np.array_equal(M, other) for _, other, _ in ranked):
+                    ranked.append((float(values[e][a]) + bonus[e], M, True))
+            ranked.sort(key=lambda r: -r[0])
+            out.append([(M, f) for _, M, f in ranked[:k]])
+        return out
 
     def reconstruct(
         self,
@@ -445,18 +555,21 @@ class Reconstructor:
         """:meth:`reconstruct` of one batch ``x (N, L, F)``, ``mask (N, L)``."""
         probs, nodes, species = self.outputs(x, mask)
         nodes = nodes if node_evidence else None
-        decoded = self.decode(probs, mask, nodes, method)
+        leaves = x if node_evidence else None  # the topology prior goes with node evidence
+        decoded = self.decode(probs, mask, nodes, method, x=leaves)
         scores = tree_score(decoded, probs, mask, node_scores=nodes)
         lcag = self.target == "lcag"
         known = self.known_topology(decoded, x, mask) if lcag else np.ones(len(x), dtype=bool)
         probability = np.full(len(x), np.nan)
         best = None
         if lcag:
-            hot_probs, hot_nodes, log_z = self._tempered(probs, mask, nodes, known)
+            hot_probs, hot_nodes, log_z, hot_bonus = self._tempered(
+                probs, mask, nodes, known, leaves
+            )
             hot = tree_score(decoded, hot_probs, mask, node_scores=hot_nodes)
-            probability = np.exp(np.minimum(hot - log_z, 0.0))
+            probability = np.exp(np.minimum(hot + np.where(known, hot_bonus, 0.0) - log_z, 0.0))
             if top_k > 1:
-                best = lcag_top_k(probs, top_k, mask, node_scores=nodes, background=self.background)
+                best = self._top_k(x, probs, mask, nodes, top_k, leaves)
         found = []
         for k in range(len(x)):
             real = np.flatnonzero(mask[k])
@@ -468,11 +581,12 @@ class Reconstructor:
                     (
                         M[np.ix_(real, real)],
                         _probability(
-                            tree_score(M[None], hot_probs[one], mask[one], node_scores=hot_one)[0],
+                            tree_score(M[None], hot_probs[one], mask[one], node_scores=hot_one)[0]
+                            + (hot_bonus[k] if is_known else 0.0),
                             log_z[k],
                         ),
                     )
-                    for M, _ in best[k]
+                    for M, is_known in best[k]
                 )
             leaf_species = None if species is None else species[k][real]
             found.append(
@@ -489,6 +603,14 @@ class Reconstructor:
                 )
             )
         return found
+
+
+def _objects(arrays: list[np.ndarray]) -> np.ndarray:
+    """``(N,)`` object array of per-event arrays (sliceable by a boolean mask)."""
+    out = np.empty(len(arrays), dtype=object)
+    for k, a in enumerate(arrays):
+        out[k] = a
+    return out
 
 
 def _probability(score: float, log_z: float) -> float:

@@ -19,7 +19,7 @@ from torch import nn
 
 from lcag.checkpoints import load_checkpoint
 from lcag.data import LCAGDataset, has_background
-from lcag.decode import EXACT_MAX_LEAVES, decode
+from lcag.decode import EXACT_MAX_LEAVES, decode, tree_score
 from lcag.decode.stages import decode_lcas
 from lcag.errors import ConfigError
 from lcag.evidence.mass_prior import MassPrior
@@ -31,6 +31,12 @@ from lcag.evidence.node_evidence import (
     upgrade_state_dict,
 )
 from lcag.evidence.topologies import TopologyCatalogue
+from lcag.evidence.topology_prior import (
+    apply_bonus,
+    known_bonus,
+    known_candidates,
+    known_scores,
+)
 from lcag.features import check_pair_features, model_inputs
 from lcag.metrics import PairAccuracy, PerfectTreeRate, SpeciesAccuracy, ValidTreeRate
 from lcag.models.base import LCAGModel
@@ -43,6 +49,7 @@ TEST_SUBSETS = ("test", "test_unseen")  # test dataloader 0: known topologies, 1
 VAL_SUBSETS = ("val", "val_unseen")  # validation dataloader 0: known, 1 (if any): unseen
 DEFAULT_NODE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 DEFAULT_HEAD_SHARES = (0.0, 1.0)  # of the subset head's correction to the mass prior
+DEFAULT_TOPOLOGY_LOG_ODDS = (-math.inf, 0.0, 4.0, 8.0)  # of the topology prior
 
 
 class LCAGModule(pl.LightningModule):
@@ -79,6 +86,12 @@ class LCAGModule(pl.LightningModule):
             (what carries to unseen topologies with exact masses; always tried), 1 the whole
             head. Every pair is decoded on every validation event, so each share adds a
             weight grid's worth of decoding to validation.
+        topology_log_odds: the log prior odds ``beta`` of the topology prior tried with
+            every (weight, share) pair (:mod:`lcag.evidence.topology_prior`: trees of a
+            training topology get ``log(1 + e^beta N(n) / A)`` added to their score);
+            ``-inf``, the prior off, is always tried. The one chosen goes to
+            ``evidence.topology_log_odds``; ``perfect_full`` decodes with it,
+            ``perfect_nodes`` without. LCAG targets without background only.
         mass_prior_bins: log-mass bins of the prior, or ``auto``: chosen on held-out
             training events (:meth:`lcag.evidence.MassPrior.fit`).
         mass_prior_events: training events the prior is counted from (spread over the split).
@@ -128,6 +141,7 @@ class LCAGModule(pl.LightningModule):
         node_evidence: NodeEvidenceKind = "subset_head",
         node_weights: list[float] | None = None,
         head_shares: list[float] | None = None,
+        topology_log_odds: list[float] | None = None,
         mass_prior_bins: int | Literal["auto"] = "auto",
         mass_prior_events: int = 50_000,
         mass_prior_composition: bool = True,
@@ -181,6 +195,7 @@ class LCAGModule(pl.LightningModule):
                         "pair_accuracy": PairAccuracy(),
                         "valid_argmax": ValidTreeRate(target),
                         "perfect_full": PerfectTreeRate(max_leaves),
+                        "perfect_nodes": PerfectTreeRate(max_leaves),
                         "perfect_prior": PerfectTreeRate(max_leaves),
                     }
                 )
@@ -203,6 +218,10 @@ class LCAGModule(pl.LightningModule):
         if not all(0.0 <= a <= 1.0 for a in shares):
             raise ConfigError(f"head_shares = {shares}: every share must lie in [0, 1]")
         self.head_shares = sorted({0.0, *shares})  # 0: the prior alone, reported beside
+        odds = DEFAULT_TOPOLOGY_LOG_ODDS if topology_log_odds is None else topology_log_odds
+        if any(math.isnan(float(b)) or float(b) == math.inf for b in odds):
+            raise ConfigError(f"topology_log_odds = {list(odds)}: each must be finite or -inf")
+        self.topology_log_odds = sorted({-math.inf, *(float(b) for b in odds)})
         self.weight_metrics = nn.ModuleDict(  # validation rates at each (weight, share)
             {
                 subset: nn.ModuleList(PerfectTreeRate(max_leaves) for _ in self.weight_grid)
@@ -431,31 +450,89 @@ class LCAGModule(pl.LightningModule):
         metrics["perfect_decoded"].update(pair_only, target, n_leaves)
         full = self.evidence.scores(batch["x"], mask, leaves, head_share=1.0)
         prior = self.evidence.prior_scores(batch["x"], mask) if self.evidence.head else None
+        known = self._known_trees(batch["x"], mask)
 
-        def decoded(weight: float, share: float) -> torch.Tensor:
-            if full is None or weight == 0:
-                return pair_only
-            nodes = full if prior is None else blend(prior, full, share)
-            return torch.from_numpy(self._decoder(probs, mask_np, weight * nodes)).to(logits.device)
+        def decoded(weight: float, share: float, log_odds: list[float]) -> list[torch.Tensor]:
+            nodes = None
+            if full is not None and weight != 0:
+                nodes = weight * (full if prior is None else blend(prior, full, share))
+            trees = (
+                pair_only.cpu().numpy() if nodes is None else self._decoder(probs, mask_np, nodes)
+            )
+            with_prior = self._with_topology_prior(trees, probs, mask_np, nodes, known, log_odds)
+            return [torch.from_numpy(t).to(logits.device) for t in with_prior]
 
         if subset in VAL_SUBSETS:
-            for (weight, share), metric in zip(
-                self.weight_grid, self.weight_metrics[subset], strict=True
-            ):
-                metric.update(decoded(weight, share), target, n_leaves)
+            grid = self.weight_grid
+            metrics_at = dict(zip(grid, self.weight_metrics[subset], strict=True))
+            odds = sorted({b for *_, b in grid})
+            for weight, share in dict.fromkeys((w, a) for w, a, _ in grid):
+                for b, trees in zip(odds, decoded(weight, share, odds), strict=True):
+                    metrics_at[weight, share, b].update(trees, target, n_leaves)
             return
-        chosen = float(self.evidence.weight), float(self.evidence.head_share)
-        metrics["perfect_full"].update(decoded(*chosen), target, n_leaves)
+        weight, share = float(self.evidence.weight), float(self.evidence.head_share)
+        with_prior, without = decoded(
+            weight, share, [float(self.evidence.topology_log_odds), -math.inf]
+        )
+        metrics["perfect_full"].update(with_prior, target, n_leaves)
+        metrics["perfect_nodes"].update(without, target, n_leaves)
         if prior is not None:  # the mass prior alone, for comparison
-            best = decoded(float(self.evidence.prior_weight), 0.0)
+            best = decoded(float(self.evidence.prior_weight), 0.0, [-math.inf])[0]
             metrics["perfect_prior"].update(best, target, n_leaves)
 
+    def _known_trees(self, x: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray] | None:
+        """The trees of training topologies over each event's leaves (``None`` where the
+        topology prior does not apply: LCAS targets, background decoding, no catalogued
+        trees)."""
+        catalogue = self.evidence.catalogue
+        if (
+            self.hparams.target != "lcag"
+            or self.hparams.get("decode_background")
+            or not len(catalogue.trees)
+        ):
+            return None
+        return known_candidates(catalogue, x.cpu().numpy(), mask.cpu().numpy())
+
+    def _with_topology_prior(
+        self,
+        decoded: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        known: list[np.ndarray] | None,
+        log_odds: list[float],
+    ) -> list[np.ndarray]:
+        """The decoded trees ``(B, L, L)`` under the topology prior at each of ``log_odds``
+        (:mod:`lcag.evidence.topology_prior`; the trees as given at ``-inf`` or without
+        ``known`` trees)."""
+        if known is None or all(b == -math.inf for b in log_odds):
+            return [decoded for _ in log_odds]
+        scores = tree_score(decoded, probs, mask, node_scores=nodes)
+        values = known_scores(known, probs, mask, nodes)
+        counts = np.array([len(k) for k in known])
+        n_leaves = mask.sum(1)
+        return [
+            apply_bonus(
+                decoded,
+                scores,
+                known,
+                values,
+                mask,
+                known_bonus(b, n_leaves, counts, self.n_classes - 1),
+            )
+            for b in log_odds
+        ]
+
     @property
-    def weight_grid(self) -> list[tuple[float, float]]:
-        """The (node weight, head share) pairs tried on validation: every weight with every
-        share of the subset head's correction (share 1 alone without a head)."""
+    def weight_grid(self) -> list[tuple[float, float, float]]:
+        """The (node weight, head share, topology log-odds) triples tried on validation:
+        every weight with every share of the subset head's correction (share 1 alone
+        without a head) and every log prior odds of the topology prior (``-inf`` alone for
+        LCAS targets; with background decoding the others decode as ``-inf`` and are not
+        chosen)."""
         shares = self.head_shares if self.evidence.head is not None else (1.0,)
-        return [(w, a) for w in self.node_weights for a in shares]
+        odds = self.topology_log_odds if self.hparams.target == "lcag" else [-math.inf]
+        return [(w, a, b) for w in self.node_weights for a in shares for b in odds]
 
     def node_scores(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
         """Unweighted node scores ``(B, 2^L)`` of a batch ``x (B, L, 4)``, or ``None`` (no
@@ -534,9 +611,9 @@ class LCAGModule(pl.LightningModule):
         if subset != "train":
             names.append("valid_argmax")
             if self.hparams.decode_at_eval:
-                names += ["perfect_decoded", "perfect_full"]
+                names += ["perfect_decoded", "perfect_nodes", "perfect_full"]
                 if self.evidence.head is not None:
-                    names.insert(-1, "perfect_prior")
+                    names.insert(-2, "perfect_prior")
         for name, k in (chosen or {}).items():
             metrics[name] = self.weight_metrics[subset][k]
         values = {f"{subset}/{name}": metrics[name].compute() for name in names}
@@ -570,10 +647,11 @@ class LCAGModule(pl.LightningModule):
             metric.reset()
 
     def _choose_node_weights(self, subsets: list[str]) -> dict[str, int]:
-        """Choose the node weight and head share on the validation ``subsets`` (``val``, and
-        ``val_unseen`` where the data has topologies kept from training for it), keep them in
-        the evidence buffers, and return the grid entry of ``perfect_full`` (and
-        ``perfect_prior``, the best weight at share 0).
+        """Choose the node weight, head share and topology log-odds on the validation
+        ``subsets`` (``val``, and ``val_unseen`` where the data has topologies kept from
+        training for it), keep them in the evidence buffers, and return the grid entry of
+        ``perfect_full``, ``perfect_nodes`` (the same without the topology prior) and
+        ``perfect_prior`` (the best weight at share 0, without the topology prior).
 
         The figure maximised is the perfect-tree rate, with an unseen validation split the
         mean of the known and unseen rates (``val/score``). Of the entries within one binomial
@@ -581,8 +659,10 @@ class LCAGModule(pl.LightningModule):
         validation cannot tell them apart, and the node evidence is what carries over to
         topologies it has not seen (with known topologies alone to validate on, ties going
         to the smallest weight lost 40 points on unseen topologies with exact masses).
+        The topology prior's odds come last in that order: the largest of the tied ones.
         """
         grid = self.weight_grid
+        applies = not self.hparams.get("decode_background")  # no topology prior with it
         rates, variances = np.zeros(len(grid)), np.zeros(len(grid))
         for subset in subsets:
             metrics = self.weight_metrics[subset]
@@ -596,17 +676,20 @@ class LCAGModule(pl.LightningModule):
             error = math.sqrt(max(variances[top], 0.0))
             return max((k for k in entries if rates[k] >= rates[top] - error), key=grid.__getitem__)
 
-        best = best_of(list(range(len(grid))))
-        self.evidence.weight.fill_(grid[best][0])
-        self.evidence.head_share.fill_(grid[best][1])
+        best = best_of([k for k, (*_, b) in enumerate(grid) if applies or b == -math.inf])
+        weight, share, log_odds = grid[best]
+        self.evidence.weight.fill_(weight)
+        self.evidence.head_share.fill_(share)
+        self.evidence.topology_log_odds.fill_(log_odds)
         self._selection = {
             "val/score": torch.tensor(rates[best]),
             "val/node_weight": self.evidence.weight.float(),
             "val/head_share": self.evidence.head_share.float(),
+            "val/topology_log_odds": self.evidence.topology_log_odds.float(),
         }
-        chosen = {"perfect_full": best}
+        chosen = {"perfect_full": best, "perfect_nodes": grid.index((weight, share, -math.inf))}
         if self.evidence.head is not None:
-            prior = best_of([k for k, (_, share) in enumerate(grid) if share == 0.0])
+            prior = best_of([k for k, (_, a, b) in enumerate(grid) if a == 0.0 and b == -math.inf])
             self.evidence.prior_weight.fill_(grid[prior][0])
             chosen["perfect_prior"] = prior
         return chosen

@@ -18,11 +18,12 @@ __all__ = ["Example", "plot_confusion", "plot_examples", "plot_rates", "plot_rel
 LABELS = {
     "argmax": "model, argmax",
     "decoded": "model, valid tree (pairs only)",
-    "full": "model, valid tree + mass prior",
+    "nodes": "model, valid tree + node evidence",
+    "full": "model, full method (+ topology prior)",
     "baseline": "invariant-mass baseline",
 }
 
-COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:red")
+COLORS = ("tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red")
 
 
 def _pyplot() -> Any:

@@ -26,7 +26,7 @@ def test_unknown_probabilities_are_left_out():
 def test_report_holds_the_full_method_and_its_reliability(checkpoint, tiny_data, tmp_path):
     report = evaluate(checkpoint, tiny_data, ["test"], tmp_path, max_events=120)
     known = report["splits"]["test"]
-    assert set(known["overall"]) == {"argmax", "decoded", "full", "baseline"}
+    assert set(known["overall"]) == {"argmax", "decoded", "nodes", "full", "baseline"}
     assert known["calibration"]["events"] == 120
     assert 0.0 <= known["calibration"]["ece"] <= 1.0
     assert (tmp_path / "reliability.png").stat().st_size > 0

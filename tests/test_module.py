@@ -134,12 +134,14 @@ def test_training_step_adds_the_subset_and_tree_losses(tree_loss_weight):
     assert float(head_grad.abs().sum()) > 0
 
 
-def _fill_grid(module: LCAGModule, subset: str, correct: dict[tuple[float, float], int]) -> None:
-    """Count ``correct[(weight, share)]`` perfect events of 400 (others: 0) in ``subset``."""
+def _fill_grid(module: LCAGModule, subset: str, correct: dict[tuple[float, ...], int]) -> None:
+    """Count ``correct[(weight, share, log_odds)]`` perfect events of 400 (others: 0) in
+    ``subset``; a key ``(weight, share)`` is that pair without the topology prior."""
     target = torch.zeros(400, 2, 2, dtype=torch.long)
     for entry, metric in zip(module.weight_grid, module.weight_metrics[subset], strict=True):
         pred = target.clone()
-        pred[correct.get(entry, 0) :] = 1  # the events past the count wrong
+        count = correct.get(entry, correct.get(entry[:2], 0) if entry[2] == -math.inf else 0)
+        pred[count:] = 1  # the events past the count wrong
         metric.update(pred, target, torch.full((400,), 2))
 
 
@@ -180,5 +182,26 @@ def test_unseen_validation_moves_the_choice_to_what_carries_over():
     picked = module._choose_node_weights(["val", "val_unseen"])
     assert (float(module.node_weight), float(module.evidence.head_share)) == (8.0, 0.0)
     assert float(module.evidence.prior_weight) == 8.0
-    assert module.weight_grid[picked["perfect_prior"]] == (8.0, 0.0)
+    assert module.weight_grid[picked["perfect_prior"]] == (8.0, 0.0, -math.inf)
     assert float(module._selection["val/score"]) == pytest.approx((370 + 330) / 800)
+
+
+def test_topology_odds_are_chosen_with_the_weights_and_off_with_background():
+    """The topology prior lifts known topologies at a cost to unseen ones: the mean decides;
+    ``perfect_nodes`` is the chosen weights without it; background decoding never takes it."""
+    module = LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2))
+    assert module.topology_log_odds == [-math.inf, 0.0, 4.0, 8.0]
+    known = {(4.0, 1.0): 300, (4.0, 1.0, 0.0): 330, (4.0, 1.0, 4.0): 360, (4.0, 1.0, 8.0): 380}
+    unseen = {(4.0, 1.0): 200, (4.0, 1.0, 0.0): 200, (4.0, 1.0, 4.0): 195, (4.0, 1.0, 8.0): 140}
+    _fill_grid(module, "val", known)
+    _fill_grid(module, "val_unseen", unseen)
+    picked = module._choose_node_weights(["val", "val_unseen"])
+    assert float(module.evidence.topology_log_odds) == 4.0  # (360 + 195) beats (380 + 140)
+    assert module.weight_grid[picked["perfect_full"]] == (4.0, 1.0, 4.0)
+    assert module.weight_grid[picked["perfect_nodes"]] == (4.0, 1.0, -math.inf)
+    module.hparams.decode_background = True
+    module._choose_node_weights(["val", "val_unseen"])
+    assert float(module.evidence.topology_log_odds) == -math.inf
+    with pytest.raises(ConfigError, match="topology_log_odds"):
+        LCAGModule(LCAGTransformer(n_classes=3, dim=8, depth=1, heads=2),
+                   topology_log_odds=[math.inf])  # fmt: skip

@@ -3,6 +3,8 @@ the mass prior, and state dicts of checkpoints written before the evidence had a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -151,8 +153,15 @@ def test_old_state_dicts_are_upgraded():
     old = {"mass_prior_edges": 1, "mass_prior_log_odds": 2, "node_weight": 3, "model.w": 4}
     upgraded = upgrade_state_dict(old)
     catalogue = {k: upgraded.pop(k) for k in list(upgraded) if "catalogue" in k}
-    assert sorted(catalogue) == ["evidence.catalogue_keys", "evidence.catalogue_species"]
+    assert sorted(catalogue) == [
+        "evidence.catalogue_keys",
+        "evidence.catalogue_species",
+        "evidence.catalogue_tree_species",
+        "evidence.catalogue_trees",
+    ]
     assert catalogue["evidence.catalogue_keys"].numel() == 0  # none: every tree counts known
+    assert catalogue["evidence.catalogue_trees"].numel() == 0  # no trees: no topology prior
+    assert upgraded.pop("evidence.topology_log_odds") == -math.inf  # the topology prior off
     compositions = {k: upgraded.pop(k) for k in list(upgraded) if "species" in k or "compos" in k}
     assert upgraded == {
         "evidence.mass_prior_edges": 1,

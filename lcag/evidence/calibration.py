@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lcag.decode import EXACT_MAX_LEAVES, log_partition, tree_score
+from lcag.evidence.topology_prior import bonus_log_partition, known_scores
 
 __all__ = [
     "MIN_EVENTS_PER_SIZE",
@@ -74,14 +75,24 @@ def tree_log_likelihood(
 
     Args:
         groups: ``(probs (N, L, L, C), mask (N, L), nodes (N, 2^L) | None, truth (N, L, L))``
-            per batch of events, at most ``EXACT_MAX_LEAVES`` leaves.
+            per batch of events, at most ``EXACT_MAX_LEAVES`` leaves; decoded under the
+            topology prior (:mod:`lcag.evidence.topology_prior`), three more: the known
+            trees of each event (``(N,)`` object array of ``(A, n, n)``), their bonus
+            ``(N,)`` and the true tree's bonus ``(N,)`` (0 where it is of no training
+            topology); the bonus is tempered with the scores.
         temperature: ``t > 0``.
     """
     total, count = 0.0, 0
-    for probs, mask, nodes, truth in groups:
+    for probs, mask, nodes, truth, *prior in groups:
         p, n = scaled(probs, nodes, temperature)
         log_z = log_partition(p, mask, node_scores=n)
-        total += float(np.sum(tree_score(truth, p, mask, node_scores=n) - log_z))
+        score = tree_score(truth, p, mask, node_scores=n)
+        if prior:
+            trees, bonus, truth_bonus = prior
+            values = known_scores(list(trees), p, mask, n)
+            log_z = bonus_log_partition(log_z, values, bonus / temperature)
+            score = score + truth_bonus / temperature
+        total += float(np.sum(score - log_z))
         count += len(probs)
     return total / max(count, 1)
 

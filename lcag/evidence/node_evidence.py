@@ -10,11 +10,15 @@ One ``nn.Module`` holds everything that turns an event into node scores ``(N, 2^
 - ``none``: no node scores;
 - ``weight``: the factor the scores enter decoding with, and ``head_share``: how much of the
   subset head's correction to the prior is kept (1 all of it, 0 the prior alone), both chosen
-  on the validation split(s).
+  on the validation split(s);
+- the training topologies (:class:`TopologyCatalogue`, with a tree of each) and
+  ``topology_log_odds``, the log prior odds of the topology prior
+  (:mod:`lcag.evidence.topology_prior`; ``-inf``: off), chosen with the weights.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -88,6 +92,8 @@ class NodeEvidence(nn.Module):
         self.register_buffer("head_share", torch.tensor(1.0, dtype=torch.float64))
         # the mass prior's own weight when it is decoded alone (for comparison)
         self.register_buffer("prior_weight", torch.tensor(0.0, dtype=torch.float64))
+        # log prior odds of a training topology (lcag.evidence.topology_prior); -inf: off
+        self.register_buffer("topology_log_odds", torch.tensor(-math.inf, dtype=torch.float64))
         self.head = (
             SubsetHead(leaf_dim, len(SUBSET_KINEMATICS), head_hidden, head_dropout)
             if kind == "subset_head"
@@ -118,7 +124,10 @@ class NodeEvidence(nn.Module):
         """The training topologies (:class:`lcag.evidence.TopologyCatalogue`; empty until
         :meth:`set_catalogue`)."""
         return TopologyCatalogue(
-            self.catalogue_species.cpu().numpy(), self.catalogue_keys.cpu().numpy()
+            self.catalogue_species.cpu().numpy(),
+            self.catalogue_keys.cpu().numpy(),
+            self.catalogue_trees.cpu().numpy(),
+            self.catalogue_tree_species.cpu().numpy(),
         )
 
     def set_catalogue(self, catalogue: TopologyCatalogue) -> None:
@@ -261,13 +270,18 @@ def true_nodes(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 _RENAMED = {"mass_prior_edges", "mass_prior_log_odds"}
 _COMPOSITION = ("species_log_masses", "species_codes", "composition_keys", "composition_log_odds")
-_CATALOGUE = ("catalogue_species", "catalogue_keys")
+_CATALOGUE = ("catalogue_species", "catalogue_keys", "catalogue_trees", "catalogue_tree_species")
 _RESIZED = _RENAMED | set(_COMPOSITION) | set(_CATALOGUE)
 
 
 def _catalogue_buffers(catalogue: TopologyCatalogue) -> dict[str, torch.Tensor]:
-    """The catalogue's species and keys as tensors, by buffer name."""
-    values = (catalogue.species.astype(np.float64), catalogue.keys.astype(np.int64))
+    """The catalogue's species, keys and trees as tensors, by buffer name."""
+    values = (
+        catalogue.species.astype(np.float64),
+        catalogue.keys.astype(np.int64),
+        catalogue.trees.astype(np.int8),
+        catalogue.tree_species.astype(np.int8),
+    )
     return {
         name: torch.from_numpy(np.ascontiguousarray(v))
         for name, v in zip(_CATALOGUE, values, strict=True)
@@ -293,7 +307,8 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     written before :class:`NodeEvidence` existed) to ``evidence.*``, give it the prior's own
     weight when it has none (the prior was then the whole evidence), no compositions when it
     has none, the subset head's whole correction when no share was chosen, no topology
-    catalogue when it has none, and tree temperatures for known and other topologies (1:
+    catalogue (or no trees in it) when it has none, the topology prior off, and tree
+    temperatures for known and other topologies (1:
     uncalibrated; one per leaf count shared by both); others pass unchanged."""
     out = {}
     for key, value in state.items():
@@ -309,7 +324,8 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         out.setdefault("evidence.head_share", torch.tensor(1.0, dtype=torch.float64))
         # and before the training topologies were catalogued: none (every tree counts known)
         for name, value in _catalogue_buffers(TopologyCatalogue.empty()).items():
-            out.setdefault(f"evidence.{name}", value)
+            out.setdefault(f"evidence.{name}", value)  # no trees kept: no topology prior
+        out.setdefault("evidence.topology_log_odds", torch.tensor(-math.inf, dtype=torch.float64))
     if "evidence.mass_prior_edges" in out:  # written before the prior counted compositions
         empty = _composition_buffers(MassPrior.empty())
         for name, value in empty.items():

@@ -13,13 +13,21 @@ do not change it. Species are the discrete leaf masses of the training leaves
 (:class:`lcag.evidence.composition.Species`); where the masses are continuous, every leaf is
 of one species and the key is the unlabelled shape. Background leaves (LCAG 0 with every other
 leaf) are not part of the tree and are left out.
+
+The catalogue also keeps one tree per key (its LCAG and leaf species), so that the trees of
+the training topologies over an event's leaves can be listed (:meth:`TopologyCatalogue.
+known_trees`): every assignment of the event's leaves to a catalogued tree's leaves of the same
+species, distinct LCAGs once. :mod:`lcag.evidence.topology_prior` decodes with them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -30,6 +38,7 @@ __all__ = ["TopologyCatalogue", "tree_key", "tree_keys"]
 
 _EVENTS_PER_TOPOLOGY = 3  # training events keyed per topology id (the rest add nothing)
 _SPECIES_TOLERANCE = 2e-3  # |log(1 + m) - species| below this: a leaf of that species
+MAX_ASSIGNMENTS = 40_320  # leaf assignments listed per catalogued tree (8!); more: not listed
 
 
 def _canonical(lcag: np.ndarray, labels: np.ndarray, members: list[int]) -> str:
@@ -81,10 +90,17 @@ class TopologyCatalogue:
         keys: ``(K,)`` sorted distinct :func:`tree_key` of the training trees (empty: no
             catalogue, e.g. a checkpoint written before it existed; every tree then counts
             as known).
+        trees: ``(K, n, n)`` int8, a tree of each key (its LCAG over its real leaves, -1
+            padding up to the largest ``n``); ``(0, 0, 0)`` when not kept (checkpoints
+            written before, then :meth:`known_trees` lists none).
+        tree_species: ``(K, n)`` int8, the species index of each of those leaves (-1
+            padding).
     """
 
     species: np.ndarray
     keys: np.ndarray
+    trees: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=np.int8))
+    tree_species: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int8))
 
     @classmethod
     def empty(cls) -> TopologyCatalogue:
@@ -103,7 +119,7 @@ class TopologyCatalogue:
         masses = np.concatenate([leaf_masses(e["x"]) for e in events])
         species = Species.fit(masses).log_masses
         seen: dict[int, int] = {}
-        keys = set()
+        trees: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for e in events:
             topology = int(e.get("topology", -1))
             if topology >= 0:
@@ -112,8 +128,20 @@ class TopologyCatalogue:
                 seen[topology] = seen.get(topology, 0) + 1
             lcag = np.array(e["target"], dtype=np.int64)
             np.fill_diagonal(lcag, 0)
-            keys.add(tree_key(lcag, _species_of(species, leaf_masses(e["x"]))))
-        return cls(species, np.array(sorted(keys), dtype=np.int64))
+            labels = _species_of(species, leaf_masses(e["x"]))
+            key = tree_key(lcag, labels)
+            if key not in trees:
+                real = _real_leaves(lcag)
+                trees[key] = (lcag[np.ix_(real, real)], labels[real])
+        keys = np.array(sorted(trees), dtype=np.int64)
+        width = max((len(trees[k][1]) for k in trees), default=0)
+        stored = np.full((len(keys), width, width), -1, dtype=np.int8)
+        stored_species = np.full((len(keys), width), -1, dtype=np.int8)
+        for k, key in enumerate(keys.tolist()):
+            lcag, labels = trees[key]
+            stored[k, : len(labels), : len(labels)] = lcag
+            stored_species[k, : len(labels)] = labels
+        return cls(species, keys, stored, stored_species)
 
     def species_of(self, x: np.ndarray) -> np.ndarray:
         """The species index of every leaf, ``(N, L)`` from ``x (N, L, 4+)`` (``S`` for a
@@ -128,6 +156,61 @@ class TopologyCatalogue:
         keys = tree_keys(np.asarray(lcag), self.species_of(x), np.asarray(mask, dtype=bool))
         at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return self.keys[at] == keys
+
+    @cached_property
+    def _by_composition(self) -> dict[tuple[int, ...], list[int]]:
+        """Catalogued trees by their sorted leaf species."""
+        index: dict[tuple[int, ...], list[int]] = {}
+        for k, labels in enumerate(self.tree_species):
+            index.setdefault(tuple(sorted(int(s) for s in labels if s >= 0)), []).append(k)
+        return index
+
+    def known_trees(self, species: np.ndarray) -> np.ndarray:
+        """Every distinct tree of a training topology over leaves of species ``species (n,)``
+        (:meth:`species_of`), as LCAGs ``(A, n, n)`` int64 (``A = 0``: none).
+
+        A catalogued tree with the same leaf species is one such tree per assignment of the
+        event's leaves to its leaves of the same species; trees needing more than
+        ``MAX_ASSIGNMENTS`` assignments (many leaves of one species) are not listed.
+        """
+        species = np.asarray(species, dtype=np.int64)
+        n = len(species)
+        found = [
+            _assignments(self.trees[k, :n, :n].astype(np.int64), self.tree_species[k, :n], species)
+            for k in self._by_composition.get(tuple(sorted(species.tolist())), ())
+        ]
+        found = [trees for trees in found if trees is not None]
+        if not found:
+            return np.zeros((0, n, n), dtype=np.int64)
+        flat = np.unique(np.concatenate(found).reshape(-1, n * n), axis=0)
+        return flat.reshape(-1, n, n)
+
+
+def _real_leaves(lcag: np.ndarray) -> np.ndarray:
+    """Leaves of ``lcag (L, L)`` (diagonal 0) in the tree: those with a nonzero entry."""
+    if len(lcag) == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.flatnonzero(lcag.max(axis=1) > 0)
+
+
+def _assignments(tree: np.ndarray, tree_species: np.ndarray, species: np.ndarray):
+    """The LCAGs ``(A, n, n)`` of ``tree (n, n)`` (leaf species ``tree_species (n,)``) over
+    leaves of species ``species (n,)``, one per species-preserving assignment, or ``None``
+    when there are more than ``MAX_ASSIGNMENTS``."""
+    groups = [
+        (np.flatnonzero(species == s), np.flatnonzero(tree_species == s))
+        for s in np.unique(species)
+    ]
+    if math.prod(math.factorial(len(leaves)) for leaves, _ in groups) > MAX_ASSIGNMENTS:
+        return None
+    n = len(species)
+    position = np.zeros((1, n), dtype=np.int64)  # position[a, i]: the tree leaf of leaf i
+    for leaves, places in groups:
+        orders = np.array(list(itertools.permutations(places.tolist())), dtype=np.int64)
+        grown = np.repeat(position, len(orders), axis=0)
+        grown[:, leaves] = np.tile(orders, (len(position), 1))
+        position = grown
+    return tree[position[:, :, None], position[:, None, :]]
 
 
 def _species_of(species: np.ndarray, masses: np.ndarray) -> np.ndarray:
