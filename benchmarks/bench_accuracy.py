@@ -13,8 +13,9 @@ Run: ``python benchmarks/bench_accuracy.py [--minutes 12] [--out runs/bench_accu
    the checkpoint with the best ``val/score`` (the mean of the known and unseen validation
    rates).
 3. Test: perfect-tree rate for events with <= 6 and <= 10 leaves, known and unseen topologies,
-   with argmax, valid-tree decoding from pair scores alone, with the mass prior (+mass) and
-   with the subset head (+head, the full method), and the likelihood baseline tuned on the
+   with argmax, valid-tree decoding from pair scores alone, with the mass prior (+mass), with
+   the subset head (+head) and with the topology prior on top (+topo, the full method:
+   ``lcag.evidence.topology_prior``), and the likelihood baseline tuned on the
    validation split (``lcag-evaluate``'s), all on the same events; the expected calibration
    error of the full method's tree probabilities beside them.
 
@@ -45,7 +46,8 @@ METHODS = {
     "perfect_argmax": "argmax",
     "perfect_decoded": "valid",
     "perfect_prior": "+mass",
-    "perfect_full": "+head",
+    "perfect_nodes": "+head",
+    "perfect_full": "+topo",
     "baseline": "baseline",
 }
 
@@ -170,6 +172,7 @@ def train_and_test(
     result["validation_seconds"] = budget_clock.validation_seconds
     result["node_weight"] = float(best.node_weight)
     result["head_share"] = float(best.evidence.head_share)
+    result["topology_log_odds"] = float(best.evidence.topology_log_odds)
     result["mass_prior_bins"] = len(best.mass_prior.edges) - 1
     result["compositions"] = len(best.mass_prior.joint_keys)
     for subset in ("test", "test_unseen"):
@@ -258,7 +261,7 @@ def main() -> None:
             for method, short in METHODS.items():
                 if f"{subset}/{method}/<=6" not in r:
                     continue
-                if method == "perfect_full" and f"{subset}/perfect_prior/<=6" not in r:
+                if method == "perfect_nodes" and f"{subset}/perfect_prior/<=6" not in r:
                     short = "+mass"
                 six = r[f"{subset}/{method}/<=6"]
                 ten = r[f"{subset}/{method}/<=10"]
@@ -267,7 +270,8 @@ def main() -> None:
                 print(f"{r['model']:<18} mass prior bins {r['mass_prior_bins']}, "
                       f"(composition, bin) pairs {r['compositions']:,}, "
                       f"node weight {r['node_weight']:g}, "
-                      f"head share {r['head_share']:g}")  # fmt: skip
+                      f"head share {r['head_share']:g}, "
+                      f"topology log-odds {r['topology_log_odds']:g}")  # fmt: skip
                 print(f"{r['model']:<18} {r['epochs']} epochs; validation took "
                       f"{r['validation_seconds']:.0f} s of the {r['budget']} budget")  # fmt: skip
             print(f"{r['model']:<18} {label:<8} ECE of the full method's probabilities: "

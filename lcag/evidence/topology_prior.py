@@ -37,7 +37,7 @@ from functools import cache
 
 import numpy as np
 
-from lcag.decode.scores import gather_node_scores, inner_node_bits, pair_log_scores
+from lcag.decode.scores import inner_node_bits, pair_log_scores
 from lcag.evidence.topologies import TopologyCatalogue
 
 __all__ = [
@@ -116,7 +116,8 @@ def known_scores(
     mask: np.ndarray,
     nodes: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """The tree scores (:func:`lcag.decode.tree_score`) of every event's candidate trees.
+    """The tree scores (:func:`lcag.decode.tree_score`) of every event's candidate trees,
+    all events' candidates scored at once.
 
     Args:
         candidates: per event, ``(A, n, n)`` LCAGs over its real leaves.
@@ -127,23 +128,30 @@ def known_scores(
     Returns:
         Per event, ``(A,)`` float64 scores.
     """
-    out = []
+    counts = [len(trees) for trees in candidates]
+    if not sum(counts):
+        return [np.zeros(0) for _ in candidates]
+    L = mask.shape[1]
+    owner = np.repeat(np.arange(len(candidates)), counts)  # (T,) the event of each tree
+    padded = np.full((len(owner), L, L), -1, dtype=np.int64)  # (T, L, L) at the real leaves
+    start = 0
     for e, trees in enumerate(candidates):
-        if not len(trees):
-            out.append(np.zeros(0))
-            continue
-        real = np.flatnonzero(mask[e])
-        n = len(real)
-        s = pair_log_scores(probs[e][np.ix_(real, real)], _EPS)
-        iu, ju = np.triu_indices(n, 1)
-        total = s[iu[None], ju[None], trees[:, iu, ju]].sum(axis=1)
-        if nodes is not None:
-            own = gather_node_scores(nodes, np.array([e]), real[None])[0]  # (2^n,)
-            tree, bits = inner_node_bits(trees, np.ones((len(trees), n), dtype=bool))
-            tree, bits = np.unique(np.stack([tree, bits]), axis=1)  # each node once
-            np.add.at(total, tree, own[bits])
-        out.append(total)
-    return out
+        if len(trees):
+            real = np.flatnonzero(mask[e])
+            padded[start : start + len(trees), real[:, None], real[None, :]] = trees
+            start += len(trees)
+    used = np.flatnonzero(np.bincount(owner, minlength=len(candidates)))
+    s = np.zeros(probs.shape, dtype=np.float64)
+    s[used] = pair_log_scores(probs[used], _EPS)
+    iu, ju = np.triu_indices(L, 1)
+    classes = padded[:, iu, ju]  # (T, P)
+    picked = s[owner[:, None], iu[None], ju[None], np.clip(classes, 0, None)]
+    total = np.where(classes >= 0, picked, 0.0).sum(axis=1)
+    if nodes is not None:
+        tree, bits = inner_node_bits(padded, mask[owner])
+        tree, bits = np.unique(np.stack([tree, bits]), axis=1)  # each node of a tree once
+        np.add.at(total, tree, nodes[owner[tree], bits])
+    return np.split(total, np.cumsum(counts)[:-1])
 
 
 def apply_bonus(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -210,6 +211,8 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     evidence = hparams.get("node_evidence", "none")
     weight = state.get("evidence.weight")
     share = state.get("evidence.head_share")
+    odds = state.get("evidence.topology_log_odds")
+    trees = state.get("evidence.catalogue_trees")
     validation = stored.get("validation") or {}
     return _plain(
         {
@@ -240,6 +243,11 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
                 **({} if share is None else {"head_share": float(share)}),
                 "mass_prior": _prior_facts(state),
                 "note": NODE_EVIDENCE_NOTE,
+            },
+            # lcag.evidence.topology_prior: -inf (None in JSON) is off
+            "topology_prior": {
+                "log_odds": None if odds is None or float(odds) == -math.inf else float(odds),
+                "catalogued_trees": 0 if trees is None else int(trees.shape[0]),
             },
             # one per leaf count (entry n for n leaves, larger events the last), or one number
             "tree_temperature": state.get("tree_temperature", 1.0),
@@ -393,6 +401,12 @@ def format_facts(facts: Mapping[str, Any]) -> str:
     if evidence.get("head_share") is not None and evidence.get("kind") == "subset_head":
         at += f", head share {_number(evidence['head_share'])}"
     lines.append(("node evidence", f"{evidence.get('kind')}{at}: {NODE_EVIDENCE_NOTE}"))
+    topology = facts.get("topology_prior") or {}
+    if topology:
+        odds = topology.get("log_odds")
+        state = "off" if odds is None else f"log prior odds {_number(odds)}"
+        lines.append(("topology prior", f"{state}, {topology.get('catalogued_trees', 0)} "
+                                        "training topologies catalogued"))  # fmt: skip
     prior = evidence.get("mass_prior")
     if prior:
         lines.append(("mass prior", f"{prior['bins']} log-mass bins, {prior['species']} leaf "

@@ -157,3 +157,23 @@ def test_a_trained_model_decodes_and_ranks_under_the_topology_prior(checkpoint, 
     for k, reconstruction in enumerate(plain):
         n = len(events[k]["x"])
         np.testing.assert_array_equal(reconstruction.lcag, expected[k][:n, :n])
+
+
+def test_known_scores_of_a_padded_batch_are_each_trees_score():
+    rng = np.random.default_rng(5)
+    L, C = 5, 5
+    mask = np.array([[True, True, True, False, False], [True, False, True, True, True]])
+    probs = rng.dirichlet(np.ones(C), size=(2, L, L))
+    nodes = rng.normal(size=(2, 1 << L))
+    candidates = [all_valid_lcags(3)[:3], np.zeros((0, 4, 4), dtype=np.int64)]
+    candidates[1] = all_valid_lcags(4)[[0, 7, 20]]
+    values = known_scores(candidates, probs, mask, nodes)
+    for e, trees in enumerate(candidates):
+        real = np.flatnonzero(mask[e])
+        for tree, value in zip(trees, values[e], strict=True):
+            padded = np.full((L, L), -1)
+            padded[np.ix_(real, real)] = tree
+            expected = tree_score(padded[None], probs[e : e + 1], mask[e : e + 1],
+                                  node_scores=nodes[e : e + 1])[0]  # fmt: skip
+            assert value == pytest.approx(expected, abs=1e-9)
+    assert [len(v) for v in known_scores([np.zeros((0, 3, 3))] * 2, probs, mask)] == [0, 0]
