@@ -64,7 +64,7 @@ def test_info_prints_what_the_checkpoint_is(checkpoint, tiny_data, capsys):
         "lcag.models.transformer.LCAGTransformer", "parameters", "px, py, pz, E",
         "pair features: mass, angle", checksum, "train 4,800 (used 1,000)", "val/perfect_full",
         "perfect by leaves", "not part of exported graphs", f"lcag version {lcag.__version__}",
-        "tree temperature 1 for every leaf count",
+        "tree temperature 1 for every leaf count", "training topologies catalogued",
     ):  # fmt: skip
         assert text in out, text
     assert main(["info", "--json", str(checkpoint)]) == 0
