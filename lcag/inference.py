@@ -299,14 +299,17 @@ class Reconstructor:
         nodes: np.ndarray | None = None,
         method: str = "auto",
         x: np.ndarray | None = None,
+        prior: tuple[list[np.ndarray], np.ndarray] | None = None,
     ) -> np.ndarray:
         """Valid-tree decoding ``(N, L, L)`` of the model's target (LCAG, or LCAS with
         :func:`lcag.decode.stages.decode_lcas`), with the model's background setting; with
-        the leaves ``x (N, L, F)``, under the topology prior (:attr:`topology_log_odds`)."""
+        the leaves ``x (N, L, F)``, under the topology prior (:attr:`topology_log_odds`;
+        ``prior``: its known trees and bonus, when already listed)."""
         if self.target == "lcas":
             return decode_lcas(probs, mask, node_scores=nodes, background=self.background)
         trees = decode(probs, mask, node_scores=nodes, method=method, background=self.background)
-        prior = self._topology_prior(x, mask, probs.shape[-1])
+        if prior is None:
+            prior = self._topology_prior(x, mask, probs.shape[-1])
         if prior is None:
             return trees
         known, bonus = prior
@@ -409,6 +412,7 @@ class Reconstructor:
         nodes: np.ndarray | None,
         known: np.ndarray | None,
         x: np.ndarray | None = None,
+        prior: tuple[list[np.ndarray], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """The tempered model: pair probabilities ``(N, L, L, C)`` and node scores
         ``(N, 2^L)`` whose tree scores are the originals over ``t``, its log-partition
@@ -421,7 +425,8 @@ class Reconstructor:
         hot_probs, hot_nodes = scaled(probs, nodes, t)
         log_z = log_partition(hot_probs, mask, node_scores=hot_nodes, background=self.background)
         hot_bonus = np.zeros(len(probs))
-        prior = self._topology_prior(x, mask, probs.shape[-1])
+        if prior is None:
+            prior = self._topology_prior(x, mask, probs.shape[-1])
         if prior is not None:
             trees, bonus = prior
             hot_bonus = bonus / t
@@ -461,7 +466,7 @@ class Reconstructor:
         mask: np.ndarray,
         nodes: np.ndarray | None,
         k: int,
-        leaves: np.ndarray | None,
+        prior: tuple[list[np.ndarray], np.ndarray] | None,
     ) -> list[list[tuple[np.ndarray, bool]]]:
         """Each event's ``k`` best trees ``(L, L)`` under the topology prior, best first,
         each with whether it is of a training topology: the ``k`` best of all trees
@@ -477,7 +482,6 @@ class Reconstructor:
             )
             for e, trees in enumerate(best)
         ]
-        prior = self._topology_prior(leaves, mask, probs.shape[-1])
         if prior is None:
             return [
                 [(M, bool(f)) for (M, _), f in zip(trees, fl, strict=True)]
@@ -556,7 +560,8 @@ class Reconstructor:
         probs, nodes, species = self.outputs(x, mask)
         nodes = nodes if node_evidence else None
         leaves = x if node_evidence else None  # the topology prior goes with node evidence
-        decoded = self.decode(probs, mask, nodes, method, x=leaves)
+        prior = self._topology_prior(leaves, mask, probs.shape[-1])
+        decoded = self.decode(probs, mask, nodes, method, x=leaves, prior=prior)
         scores = tree_score(decoded, probs, mask, node_scores=nodes)
         lcag = self.target == "lcag"
         known = self.known_topology(decoded, x, mask) if lcag else np.ones(len(x), dtype=bool)
@@ -564,12 +569,12 @@ class Reconstructor:
         best = None
         if lcag:
             hot_probs, hot_nodes, log_z, hot_bonus = self._tempered(
-                probs, mask, nodes, known, leaves
+                probs, mask, nodes, known, leaves, prior
             )
             hot = tree_score(decoded, hot_probs, mask, node_scores=hot_nodes)
             probability = np.exp(np.minimum(hot + np.where(known, hot_bonus, 0.0) - log_z, 0.0))
             if top_k > 1:
-                best = self._top_k(x, probs, mask, nodes, top_k, leaves)
+                best = self._top_k(x, probs, mask, nodes, top_k, prior)
         found = []
         for k in range(len(x)):
             real = np.flatnonzero(mask[k])

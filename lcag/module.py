@@ -484,7 +484,11 @@ class LCAGModule(pl.LightningModule):
         """The trees of training topologies over each event's leaves (``None`` where the
         topology prior does not apply: LCAS targets, background decoding, no catalogued
         trees)."""
-        catalogue = self.evidence.catalogue
+        key = (self.evidence.catalogue_trees.data_ptr(), self.evidence.catalogue_keys.data_ptr())
+        cached = getattr(self, "_catalogue", None)  # its known-tree lists are cached inside
+        if cached is None or cached[0] != key:
+            cached = self._catalogue = (key, self.evidence.catalogue)
+        catalogue = cached[1]
         if (
             self.hparams.target != "lcag"
             or self.hparams.get("decode_background")

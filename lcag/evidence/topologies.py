@@ -171,19 +171,41 @@ class TopologyCatalogue:
 
         A catalogued tree with the same leaf species is one such tree per assignment of the
         event's leaves to its leaves of the same species; trees needing more than
-        ``MAX_ASSIGNMENTS`` assignments (many leaves of one species) are not listed.
+        ``MAX_ASSIGNMENTS`` assignments (many leaves of one species) are not listed. The set
+        depends on the leaf order only through the species, so it is built once per species
+        multiset (over the leaves in sorted species order) and reordered for each event.
         """
         species = np.asarray(species, dtype=np.int64)
         n = len(species)
+        trees = self._known_in_sorted_order(tuple(sorted(species.tolist())))
+        if not len(trees):
+            return np.zeros((0, n, n), dtype=np.int64)
+        position = np.empty(n, dtype=np.int64)  # event leaf -> its place in sorted order
+        position[np.argsort(species, kind="stable")] = np.arange(n)
+        return trees[:, position[:, None], position[None, :]]
+
+    @cached_property
+    def _known_cache(self) -> dict[tuple[int, ...], np.ndarray]:
+        return {}
+
+    def _known_in_sorted_order(self, composition: tuple[int, ...]) -> np.ndarray:
+        """:meth:`known_trees` over leaves of species ``composition`` (sorted), cached."""
+        cached = self._known_cache.get(composition)
+        if cached is not None:
+            return cached
+        species = np.array(composition, dtype=np.int64)
+        n = len(species)
         found = [
             _assignments(self.trees[k, :n, :n].astype(np.int64), self.tree_species[k, :n], species)
-            for k in self._by_composition.get(tuple(sorted(species.tolist())), ())
+            for k in self._by_composition.get(composition, ())
         ]
         found = [trees for trees in found if trees is not None]
-        if not found:
-            return np.zeros((0, n, n), dtype=np.int64)
-        flat = np.unique(np.concatenate(found).reshape(-1, n * n), axis=0)
-        return flat.reshape(-1, n, n)
+        out = np.zeros((0, n, n), dtype=np.int64)
+        if found:
+            flat = np.unique(np.concatenate(found).reshape(-1, n * n), axis=0)
+            out = flat.reshape(-1, n, n)
+        self._known_cache[composition] = out
+        return out
 
 
 def _real_leaves(lcag: np.ndarray) -> np.ndarray:
