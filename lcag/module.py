@@ -558,7 +558,8 @@ class LCAGModule(pl.LightningModule):
         """The most probable valid LCAG ``(B, L, L)`` (padding -1) from logits ``(B, C, L, L)``:
         from pair scores alone, or with ``node_evidence`` (needs the leaves ``x (B, L, 4)``;
         ``leaves (B, L, D)``, the model's embeddings, spare a second forward pass) the full
-        method, the node scores at the chosen weight."""
+        method, the node scores at the chosen weight and the topology prior at the chosen
+        odds."""
         probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).cpu().numpy()
         nodes = None
         if node_evidence and x is not None:
@@ -569,7 +570,12 @@ class LCAGModule(pl.LightningModule):
             )
         if nodes is not None:
             nodes = float(self.node_weight) * nodes
-        decoded = self._decoder(probs, mask.cpu().numpy(), node_scores=nodes)
+        mask_np = mask.cpu().numpy()
+        decoded = self._decoder(probs, mask_np, node_scores=nodes)
+        if node_evidence and x is not None:  # and the topology prior at the chosen odds
+            known = self._known_trees(x, mask)
+            odds = [float(self.evidence.topology_log_odds)]
+            decoded = self._with_topology_prior(decoded, probs, mask_np, nodes, known, odds)[0]
         return torch.from_numpy(decoded).to(logits.device)
 
     def _decoder(
