@@ -4,8 +4,10 @@ Run: ``python benchmarks/bench_generate.py [--workers 2] [--topologies 40]``
 
 1. ``configs/data/paper.yaml`` with fewer topologies and events, through the real command with
    ``--workers N``, at two sizes 10x apart: events/s (wall clock, start-up included) and the
-   peak resident memory of the whole process tree (main + workers, sampled every 50 ms); from
-   the two sizes, the marginal rate and the start-up (the 1x run less its events at that rate).
+   peak resident memory of the whole process tree (main + workers, sampled every 50 ms: the sum
+   of RSS, which counts shared library pages once per process, and, once a second, of PSS,
+   which does not); from the two sizes, the marginal rate and the start-up (the 1x run less
+   its events at that rate).
 2. The straightforward way, for comparison: one phasespace ``GenParticle`` tree per topology
    and split, one ``generate`` call each (what the paper's code does), on a few topologies.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -36,8 +39,10 @@ def scaled_config(topologies: int, events: dict[str, int]) -> dict:
     return data
 
 
-def run_generate(config: dict, workers: int) -> tuple[int, float, float]:
-    """Run lcag-generate; returns (events, seconds, peak RSS of the process tree in MiB)."""
+def run_generate(config: dict, workers: int) -> tuple[int, float, float, float]:
+    """Run lcag-generate; returns (events, seconds, peak RSS and peak PSS of the process tree,
+    in MiB). RSS counts a shared page (TensorFlow's libraries) once per process that maps it;
+    PSS splits it between them, so the PSS sum is the memory the run holds."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -47,12 +52,17 @@ def run_generate(config: dict, workers: int) -> tuple[int, float, float]:
         ]  # fmt: skip
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        peak = 0
+        peak = peak_pss = 0
         parent = psutil.Process(process.pid)
-        while process.poll() is None:
+        for sample in itertools.count():
+            if process.poll() is not None:
+                break
             try:
                 tree = [parent, *parent.children(recursive=True)]
                 peak = max(peak, sum(p.memory_info().rss for p in tree))
+                if sample % 20 == 10:  # reading smaps costs CPU time: once a second
+                    memory = [p.memory_full_info() for p in tree]
+                    peak_pss = max(peak_pss, sum(getattr(m, "pss", m.rss) for m in memory))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -62,7 +72,7 @@ def run_generate(config: dict, workers: int) -> tuple[int, float, float]:
         process.stderr.close()
         manifest = yaml.safe_load((Path(tmp) / "data" / "manifest.json").read_text())
         events = sum(split["events"] for split in manifest["splits"].values())
-    return events, seconds, peak / 2**20
+    return events, seconds, peak / 2**20, peak_pss / 2**20
 
 
 def plain_loop(topologies: int, events: dict[str, int]) -> tuple[int, float]:
@@ -110,12 +120,13 @@ def main() -> None:
         f"# paper.yaml scaled: {args.topologies} known topologies, --workers {args.workers}, "
         f"{psutil.cpu_count()} cores"
     )
-    print(f"{'run':<28} {'events':>9} {'seconds':>8} {'events/s':>9} {'peak RSS':>9}")
+    columns = ("events", "seconds", "events/s", "peak RSS", "peak PSS")
+    print(f"{'run':<28} " + " ".join(f"{c:>9}" for c in columns))
     runs = []
     for label, events in (("lcag-generate (1x)", small), ("lcag-generate (10x)", large)):
-        n, seconds, rss = run_generate(scaled_config(args.topologies, events), args.workers)
+        n, seconds, rss, pss = run_generate(scaled_config(args.topologies, events), args.workers)
         runs.append((n, seconds))
-        print(f"{label:<28} {n:>9,} {seconds:>8.1f} {n / seconds:>9,.0f} {rss:>8.0f}M")
+        print(f"{label:<28} {n:>9,} {seconds:>8.1f} {n / seconds:>9,.0f} {rss:>8.0f}M {pss:>8.0f}M")
     (n1, t1), (n10, t10) = runs
     rate = (n10 - n1) / (t10 - t1)
     print(

@@ -28,7 +28,7 @@ Units follow the masses (arbitrary for random topologies, GeV for decay tables).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +41,7 @@ __all__ = [
     "NBodyEngine",
     "add_background",
     "boost",
+    "children_counts",
     "generate_events",
     "max_weights",
     "sample_masses",
@@ -107,6 +108,14 @@ class NBodyEngine:
             top = self._phasespace.GenParticle("top", 1.0).set_children(*children)
             self._generators[n_children] = (ratios, top)
         return self._generators[n_children]
+
+    def prepare(self, children_counts: Iterable[int]) -> None:
+        """Trace phasespace for every number of children in ``children_counts`` now (about a
+        second each), so that a worker is ready before its first shard; results do not change,
+        as every call reseeds phasespace."""
+        rng = np.random.default_rng(0)
+        for n in sorted(set(children_counts) - set(self._generators)):
+            self.raw(np.full((1, n), 0.5 / n), rng)
 
     def decay(
         self, ratios: np.ndarray, rng: np.random.Generator, ceiling: np.ndarray | None = None
@@ -254,6 +263,11 @@ def generate_events(
             )
         blocks.append(EventBlock(momenta=momenta, masses=masses[k], n_leaves=tree.n_leaves))
     return blocks
+
+
+def children_counts(topologies: Sequence[Topology]) -> set[int]:
+    """The numbers of children of the inner nodes of ``topologies``."""
+    return {len(t.tree.children(node)) for t in topologies for node in t.tree.inner_nodes}
 
 
 def max_weights(topologies: Sequence[Topology], engine: NBodyEngine, seed: int) -> list[np.ndarray]:

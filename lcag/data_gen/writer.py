@@ -15,14 +15,16 @@ merges the shards' own statistics in shard order, so the bytes do not depend on 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing import get_context
+from multiprocessing import get_context, parent_process
 from pathlib import Path
 from typing import Any
 
@@ -323,11 +325,12 @@ def _write_shards(
     pool = None
     if workers > 1 and pending:
         # One worker estimates the weight maxima while the others start (TensorFlow import,
-        # tracing); this process never loads TensorFlow, which saves its memory.
+        # tracing phasespace for every number of children); this process never loads
+        # TensorFlow, which saves its memory.
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
         estimate = pool.submit(_ceilings, cfg, topologies) if cfg.kinematics.unweight else None
-        for _ in range(workers - 1):
-            pool.submit(_warm_up)
+        for _ in range(workers - 1 if estimate else workers):
+            pool.submit(_warm_up, topologies)
         try:
             ceilings = None if estimate is None else estimate.result()
         except BaseException:
@@ -601,13 +604,19 @@ _WORKER: dict[str, Any] = {}  # per process: the phasespace engine, topologies, 
 
 def _ceilings(cfg: GenerationConfig, topologies: Sequence[Topology]) -> list[np.ndarray]:
     """Maximum decay weights for accept-reject, estimated once for all workers."""
-    from lcag.data_gen.kinematics import max_weights
+    from lcag.data_gen.kinematics import children_counts, max_weights
 
-    return max_weights(topologies, _engine(), cfg.seed)
+    engine = _engine()
+    ceilings = max_weights(topologies, engine, cfg.seed)
+    engine.prepare(children_counts(topologies))  # two-body decays have no estimate
+    return ceilings
 
 
-def _warm_up() -> None:
-    _engine()
+def _warm_up(topologies: Sequence[Topology]) -> None:
+    """Start TensorFlow and trace phasespace in this worker before its first shard."""
+    from lcag.data_gen.kinematics import children_counts
+
+    _engine().prepare(children_counts(topologies))
 
 
 def _engine() -> Any:
@@ -616,7 +625,18 @@ def _engine() -> Any:
 
     if "engine" not in _WORKER:
         _WORKER["engine"] = NBodyEngine()
+        if parent_process() is not None:  # a pool worker
+            atexit.register(_exit_without_teardown)
     return _WORKER["engine"]
+
+
+def _exit_without_teardown() -> None:
+    """End a pool worker at once: TensorFlow's teardown takes about a second per process, and a
+    worker has nothing left to save (its shards are published, its results sent). Registered
+    after TensorFlow's own exit handlers, so it runs before them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def write_shard(

@@ -145,3 +145,16 @@ def test_boost_of_a_particle_at_rest_gives_the_frame():
     frame = np.array([[1.0, 2.0, 3.0, np.sqrt(14 + 25.0)]])
     at_rest = np.array([[0.0, 0.0, 0.0, 5.0]])
     np.testing.assert_allclose(boost(at_rest, frame, np.array([5.0])), frame, rtol=1e-12)
+
+
+def test_prepare_traces_without_changing_any_decay(engine):
+    """A worker traces phasespace before its first shard; the decays it then makes are those of
+    an engine that traced on first use (each phasespace call is reseeded from ``rng``)."""
+    ratios = np.random.default_rng(1).uniform(0.05, 0.3, size=(500, 3))
+    reference = engine.raw(ratios, np.random.default_rng(7))
+    prepared = NBodyEngine(chunk_size=engine.chunk_size)
+    prepared.prepare([3, 2, 3])
+    assert sorted(prepared._generators) == [2, 3]
+    momenta, weights = prepared.raw(ratios, np.random.default_rng(7))
+    np.testing.assert_array_equal(momenta, reference[0])
+    np.testing.assert_array_equal(weights, reference[1])
