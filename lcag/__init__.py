@@ -4,21 +4,48 @@
 ``j``. The matrix is equivalent to the decay tree and can be learnt from leaf features alone.
 """
 
-from lcag.decode import decode, decode_argmax, log_partition, top_k, tree_score
+import importlib
+import sys
+import types
+
 from lcag.errors import InvalidInputError, InvalidLCAGError, InvalidTreeError, LCAGError
 from lcag.matrix import is_valid_lcag, lcag_to_tree, permute, tree_to_lcag, tree_to_lcas
 from lcag.tree import DecayTree
 
 __version__ = "0.1.0"
 
+# Imported on first use: decoding brings numba (its compiler, ~100 MB and 0.3 s per process,
+# which generation workers never need) and ``Reconstructor`` torch.
+_LAZY = {
+    "Reconstructor": "lcag.inference",
+    "decode": "lcag.decode",
+    "decode_argmax": "lcag.decode",
+    "log_partition": "lcag.decode",
+    "top_k": "lcag.decode",
+    "tree_score": "lcag.decode",
+}
+
 
 def __getattr__(name: str) -> object:
-    """``lcag.Reconstructor`` imports torch only when first used."""
-    if name == "Reconstructor":
-        from lcag.inference import Reconstructor
-
-        return Reconstructor
+    """The public names of :data:`_LAZY`, imported when first used."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'lcag' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """``lcag`` itself: ``lcag.decode`` stays the function when the import system binds the
+    subpackage of the same name (``import lcag.decode.exact``) as an attribute."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

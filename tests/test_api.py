@@ -57,6 +57,32 @@ def test_core_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_generation_workers_load_neither_numba_nor_torch():
+    """Decoding (numba) and Reconstructor (torch) load on first use, so a generation worker,
+    which imports the writer alone, holds neither."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lcag.data_gen.writer; "
+        "print(sorted(m for m in ('numba', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_decode_stays_the_function_after_its_subpackage_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import lcag, lcag.decode.exact, lcag.decode.topk; from lcag import decode; "
+        "print(callable(lcag.decode), decode is lcag.decode, lcag.top_k.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "lcag.decode"]
+
+
 def test_errors_subclass_the_standard_exceptions():
     assert issubclass(lcag.InvalidLCAGError, ValueError)
     assert issubclass(lcag.InvalidTreeError, ValueError)

@@ -329,7 +329,7 @@ def _write_shards(
         # TensorFlow, which saves its memory.
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
         estimate = pool.submit(_ceilings, cfg, topologies) if cfg.kinematics.unweight else None
-        for _ in range(workers - 1 if estimate else workers):
+        for _ in range(workers - 1 if estimate is not None else workers):
             pool.submit(_warm_up, topologies)
         try:
             ceilings = None if estimate is None else estimate.result()
