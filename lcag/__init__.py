@@ -4,11 +4,11 @@
 ``j``. The matrix is equivalent to the decay tree and can be learnt from leaf features alone.
 """
 
-import importlib
 import sys
 import types
 
 from lcag.errors import InvalidInputError, InvalidLCAGError, InvalidTreeError, LCAGError
+from lcag.lazy import lazy_names
 from lcag.matrix import is_valid_lcag, lcag_to_tree, permute, tree_to_lcag, tree_to_lcas
 from lcag.tree import DecayTree
 
@@ -26,13 +26,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """The public names of :data:`_LAZY`, imported when first used."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lcag' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 class _Package(types.ModuleType):

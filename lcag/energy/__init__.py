@@ -20,6 +20,7 @@ from lcag.energy.sensors import (
     detect_sensors,
     node_composition,
 )
+from lcag.lazy import lazy_names
 
 __all__ = [
     "DEFAULT_WATTS_PER_CORE",
@@ -35,11 +36,5 @@ __all__ = [
     "node_composition",
 ]
 
-
-def __getattr__(name: str):
-    # The callback needs Lightning; the monitor and sensors do not (import it lazily).
-    if name == "EnergyLogger":
-        from lcag.energy.callback import EnergyLogger
-
-        return EnergyLogger
-    raise AttributeError(f"module 'lcag.energy' has no attribute {name!r}")
+# The callback needs Lightning; the monitor and sensors do not (import it lazily).
+__getattr__ = lazy_names(__name__, {"EnergyLogger": "lcag.energy.callback"})

@@ -17,15 +17,10 @@ from lcag.evidence.subsets import (
     subset_sizes,
 )
 from lcag.evidence.topologies import TopologyCatalogue
+from lcag.lazy import lazy_names
 
-
-def __getattr__(name: str) -> object:
-    """``NodeEvidence`` (a torch module) imports torch only when first used."""
-    if name == "NodeEvidence":
-        from lcag.evidence.node_evidence import NodeEvidence
-
-        return NodeEvidence
-    raise AttributeError(f"module 'lcag.evidence' has no attribute {name!r}")
+# NodeEvidence (a torch module) imports torch only when first used
+__getattr__ = lazy_names(__name__, {"NodeEvidence": "lcag.evidence.node_evidence"})
 
 
 __all__ = [

@@ -12,7 +12,7 @@ Names import lazily, so ``import lcag.export.info`` (the checkpoint hook) loads 
 
 from __future__ import annotations
 
-from typing import Any
+from lcag.lazy import lazy_names
 
 __all__ = [
     "DenseNRI",
@@ -32,10 +32,4 @@ _WHERE = {
     "read_facts": "lcag.export.info",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'lcag.export' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _WHERE)

@@ -7,8 +7,7 @@ so importing ``lcag.training`` alone pulls in nothing heavy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lcag.lazy import lazy_names
 
 __all__ = ["OIALR", "HierarchicalDDP", "LowRankLinear", "tree_nll"]
 
@@ -19,8 +18,4 @@ _WHERE = {
     "tree_nll": "lcag.training.tree_loss",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'lcag.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__ = lazy_names(__name__, _WHERE)
