@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing import get_context, parent_process
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +327,9 @@ def _write_shards(
         # One worker estimates the weight maxima while the others start (TensorFlow import,
         # tracing phasespace for every number of children); this process never loads
         # TensorFlow, which saves its memory.
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=_join_pool
+        )
         estimate = pool.submit(_ceilings, cfg, topologies) if cfg.kinematics.unweight else None
         for _ in range(workers - 1 if estimate is not None else workers):
             pool.submit(_warm_up, topologies)
@@ -625,15 +627,21 @@ def _engine() -> Any:
 
     if "engine" not in _WORKER:
         _WORKER["engine"] = NBodyEngine()
-        if parent_process() is not None:  # a pool worker
+        if _WORKER.get("pool_worker"):
             atexit.register(_exit_without_teardown)
     return _WORKER["engine"]
 
 
+def _join_pool() -> None:
+    """Initializer of the shard pool's workers (and of no other process)."""
+    _WORKER["pool_worker"] = True
+
+
 def _exit_without_teardown() -> None:
-    """End a pool worker at once: TensorFlow's teardown takes about a second per process, and a
-    worker has nothing left to save (its shards are published, its results sent). Registered
-    after TensorFlow's own exit handlers, so it runs before them."""
+    """End a shard-pool worker at once: TensorFlow's teardown takes about a second per process,
+    and a worker has nothing left to save (its shards are published, its results sent; the pool
+    reads no worker's exit code). Registered after TensorFlow's own exit handlers, so it runs
+    before them."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

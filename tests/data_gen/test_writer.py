@@ -112,6 +112,24 @@ def test_one_and_two_workers_give_identical_bytes(small_dataset, tmp_path):
     assert a == b
 
 
+def _engine_then_exit(code: int) -> None:
+    from lcag.data_gen import writer
+
+    writer._engine()  # TensorFlow loaded: outside the shard pool its teardown stays
+    sys.exit(code)
+
+
+def test_only_shard_pool_workers_skip_the_teardown():
+    """Pool workers end with os._exit(0) once their shards are out; any other process that
+    generates (a script, a test's child) keeps its exit code and exit handlers."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=_engine_then_exit, args=(3,))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 3
+
+
 def test_one_process_writes_two_configs_of_one_seed(small_dataset, tmp_path):
     # same seed, same topology ids, other topologies: the process's caches must tell them apart
     generate_dataset(load_config(tiny_dict(random={"max_children": 2})), tmp_path / "a", workers=1,
