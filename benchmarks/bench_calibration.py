@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from lcag.data import LCAGDataset
-from lcag.decode import decode, log_partition, tree_score
+from lcag.decode import decode
 from lcag.evaluate import calibration
-from lcag.evidence.calibration import events_by_size, fit_temperatures, scaled
-from lcag.evidence.topology_prior import bonus_log_partition, known_scores
-from lcag.inference import Reconstructor
+from lcag.evidence.calibration import events_by_size, fit_temperatures
+from lcag.inference import Reconstructor, _objects
 
 KINDS = {
     "2 rows": ("training topology", "other"),
@@ -54,8 +53,6 @@ def decoded_batches(reco: Reconstructor, data: Path, split: str, max_events: int
             alone = decode(probs, mask, node_scores=nodes)
             full = reco.decode(probs, mask, nodes, x=x, prior=prior)
             trees, bonus = prior
-            holder = np.empty(len(trees), dtype=object)
-            holder[:] = trees
             truth_bonus = np.where(reco.catalogue.contains(truth, x, mask), bonus, 0.0)
             batches.append(
                 {
@@ -64,10 +61,11 @@ def decoded_batches(reco: Reconstructor, data: Path, split: str, max_events: int
                         mask,
                         nodes,
                         truth,
-                        holder,
+                        _objects(trees),
                         bonus,
                         truth_bonus,
                     ),
+                    "x": x,
                     "full": full,
                     "known": reco.catalogue.contains(full, x, mask),
                     "by_prior": ~(full == alone).all(axis=(1, 2)),
@@ -100,17 +98,26 @@ def fit(batches: list, scheme: str) -> np.ndarray:
     return np.stack(rows)
 
 
-def probability(batch: dict, t: np.ndarray) -> np.ndarray:
-    """The decoded trees' probabilities ``(N,)`` at temperatures ``t (N,)``."""
-    probs, mask, nodes, _, trees, bonus, _ = batch["group"]
-    hot_probs, hot_nodes = scaled(probs, nodes, t)
-    hot_bonus = bonus / t
-    values = known_scores(list(trees), hot_probs, mask, hot_nodes)
-    log_z = bonus_log_partition(
-        log_partition(hot_probs, mask, node_scores=hot_nodes), values, hot_bonus
-    )
-    score = tree_score(batch["full"], hot_probs, mask, node_scores=hot_nodes)
-    return np.exp(np.minimum(score + np.where(batch["known"], hot_bonus, 0.0) - log_z, 0.0))
+def probability(
+    reco: Reconstructor, batch: dict, rows: np.ndarray, table: np.ndarray
+) -> np.ndarray:
+    """The decoded trees' probabilities ``(N,)``, each event at the temperatures of its row
+    ``rows (N,)`` of ``table``: what :meth:`Reconstructor.tree_probability` gives with that
+    row as the checkpoint's only one."""
+    probs, mask, nodes = batch["group"][:3]
+    out = np.empty(len(probs))
+    kept = reco.temperature
+    try:
+        for row in np.unique(rows):
+            chosen = rows == row
+            reco.temperature = table[row][None]
+            out[chosen] = reco.tree_probability(
+                batch["full"][chosen], probs[chosen], mask[chosen],
+                None if nodes is None else nodes[chosen], batch["x"][chosen],
+            )  # fmt: skip
+    finally:
+        reco.temperature = kept
+    return out
 
 
 def main() -> None:
@@ -137,12 +144,8 @@ def main() -> None:
             print(f"  {name:<32} " + " ".join(f"{t:5.2f}" for t in row[3:]))
         for split, batches in tests.items():
             rows = [kind(b, scheme) for b in batches]
-            columns = [np.minimum(b["n"], table.shape[1] - 1) for b in batches]
             p = np.concatenate(
-                [
-                    probability(b, table[r, c])
-                    for b, r, c in zip(batches, rows, columns, strict=True)
-                ]
+                [probability(reco, b, r, table) for b, r in zip(batches, rows, strict=True)]
             )
             perfect = np.concatenate([b["perfect"] for b in batches])
             row = np.concatenate(rows)

@@ -8,7 +8,8 @@ number of children, then one shard-like batch of events (``--events`` per topolo
 ``generate_events``, counting per number of children the rest-frame decays the events need,
 the decays accept-reject made, and the microseconds per decay in phasespace's calls; last,
 the cost per decay at other call sizes (``--chunks``), which the engine's fixed call size
-trades against tracing once.
+trades against tracing once, and run eagerly (no tracing). Resident memory is printed after
+the imports, after TensorFlow's and after tracing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,17 +40,21 @@ def main() -> None:
     from lcag.data_gen.kinematics import NBodyEngine, children_counts, generate_events, max_weights
     from lcag.data_gen.writer import build_topologies
 
+    process = psutil.Process()
+    print(f"RSS with lcag's generation modules imported: {process.memory_info().rss >> 20} MB")
     cfg = load_config(scaled_config(args.topologies, {"train": args.events}))
     topologies = build_topologies(cfg)
     start = time.perf_counter()
-    import tensorflow  # noqa: F401
+    import tensorflow
 
-    print(f"import tensorflow: {time.perf_counter() - start:.2f} s")
+    print(f"import tensorflow: {time.perf_counter() - start:.2f} s, "
+          f"RSS {process.memory_info().rss >> 20} MB")  # fmt: skip
     engine = NBodyEngine()
     for n in sorted(children_counts(topologies)):
         start = time.perf_counter()
         engine.prepare([n])
         print(f"trace phasespace, {n} children: {time.perf_counter() - start:.2f} s")
+    print(f"RSS once traced: {process.memory_info().rss >> 20} MB")
     start = time.perf_counter()
     ceilings = max_weights(topologies, engine, cfg.seed)
     print(f"weight maxima of {len(topologies)} topologies: {time.perf_counter() - start:.2f} s")
@@ -93,6 +99,19 @@ def main() -> None:
             sized.raw(rows, rng)
             cells.append(f"{n} children {1e6 * (time.perf_counter() - begin) / len(rows):.2f} us")
         print(f"  {chunk:>6} rows: " + ", ".join(cells))
+    tensorflow.config.run_functions_eagerly(True)  # last: it changes how every call runs
+    cells = []
+    for n in (2, 3, 5):
+        eager = NBodyEngine(16384)
+        begin = time.perf_counter()
+        eager.prepare([n])
+        first = time.perf_counter() - begin
+        rows = np.full((1 << 18, n), 0.1)
+        begin = time.perf_counter()
+        eager.raw(rows, rng)
+        cells.append(f"{n} children {1e6 * (time.perf_counter() - begin) / len(rows):.2f} us "
+                     f"(first call {first:.2f} s)")  # fmt: skip
+    print("  eagerly, 16384 rows, no tracing: " + ", ".join(cells))
 
 
 if __name__ == "__main__":
