@@ -17,6 +17,13 @@ included** (the root is the same set in every tree, so its score shifts all tree
 changes no decision and no probability). With all node scores zero every output is the one
 without them, bit for bit. ``-inf`` forbids a leaf set as a node.
 
+**Children-count scores.** ``children_scores``: ``(2^L, K)`` or ``(N, 2^L, K)``; entry
+``[S, c]`` is added when leaf set ``S`` is an inner node with ``c + 2`` children (the last
+column for ``K + 1`` or more), the root included: evidence that depends on a node's split, not
+only on its leaf set (an n-body decay's phase-space volume grows as ``M^(2k - 4)`` with its
+``k`` children). Exact decoding only (:mod:`lcag.decode.children`, ``O(3^L C K)``): events
+of at most ``exact_max_leaves`` leaves, no background.
+
 **Probabilities of trees.** ``exp(score(T))`` over all valid trees ``T`` is a distribution
 once normalised: :func:`log_partition` gives ``log Z`` by the exact recursion in log-sum-exp
 form, so ``P(T) = exp(score(T) - log Z)``; :func:`top_k` gives the ``k`` best trees exactly.
@@ -53,14 +60,21 @@ from typing import Literal
 import numpy as np
 
 from lcag.decode.background import background_leaves, pair_sum, zero_outside
+from lcag.decode.children import (
+    children_counts,
+    decode_exact_children,
+    log_partition_children,
+)
 from lcag.decode.dendrogram import decode_dendrogram, log_partition_dendrogram
 from lcag.decode.exact import decode_exact
 from lcag.decode.partition import log_partition_exact
 from lcag.decode.scores import (
     argmax_classes,
+    gather_children_scores,
     gather_node_scores,
     inner_node_masks,
     pair_log_scores,
+    prepare_children_scores,
     prepare_node_scores,
     prepare_scores,
 )
@@ -86,6 +100,7 @@ def decode(
     mask: np.ndarray | None = None,
     *,
     node_scores: np.ndarray | None = None,
+    children_scores: np.ndarray | None = None,
     method: Method = "auto",
     exact_max_leaves: int = EXACT_MAX_LEAVES,
     background: bool = False,
@@ -99,6 +114,8 @@ def decode(
         mask: ``(N, L)`` bool, ``True`` for real leaves (batch only; default all real).
             Real leaves may sit anywhere along the leaf axis.
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` scores added per inner node (module docstring).
+        children_scores: ``(2^L, K)`` or ``(N, 2^L, K)`` scores added per inner node by its
+            number of children (module docstring); exact decoding only.
         method: ``"auto"`` (exact up to ``exact_max_leaves`` real leaves, else approximate),
             ``"exact"``, ``"approx"`` or ``"argmax"``; see the module docstring.
         exact_max_leaves: the largest leaf count ``"auto"`` decodes exactly.
@@ -126,6 +143,7 @@ def decode(
     N, L = mask.shape
     nodes = prepare_node_scores(node_scores, N, L, single)
     exact_limit = {"exact": L, "approx": 1}.get(method, exact_max_leaves)
+    kids = prepare_children_scores(children_scores, mask, single, exact_limit, background)
     tree = mask
     if background:
         tree = mask & ~background_leaves(zero, scores, mask, mask.sum(axis=1) > exact_limit)
@@ -141,6 +159,12 @@ def decode(
             continue
         if n_real == 1:
             decoded = np.zeros((len(events), 1, 1), dtype=np.int64)
+        elif kids is not None:
+            decoded = decode_exact_children(
+                sub,
+                gather_node_scores(nodes, events, leaf_idx),
+                gather_children_scores(kids, events, leaf_idx),
+            )
         elif n_real <= exact_limit:
             free = zero[gather] if background else None
             decoded = decode_exact(sub, gather_node_scores(nodes, events, leaf_idx), free)
@@ -171,6 +195,7 @@ def tree_score(
     mask: np.ndarray | None = None,
     *,
     node_scores: np.ndarray | None = None,
+    children_scores: np.ndarray | None = None,
     eps: float = 1e-12,
 ) -> float | np.ndarray:
     """The score of given LCAG(s): the sum over real pairs ``i < j`` of pair log-scores, plus
@@ -182,6 +207,7 @@ def tree_score(
         probs: ``(L, L, C)`` or ``(N, L, L, C)``.
         mask: ``(N, L)`` bool, ``True`` for real leaves.
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` (module docstring).
+        children_scores: ``(2^L, K)`` or ``(N, 2^L, K)`` (module docstring).
 
     Returns:
         A float, or ``(N,)`` float64 for a batch.
@@ -197,6 +223,15 @@ def tree_score(
     if nodes is not None:
         for e, inner in enumerate(inner_node_masks(M, mask)):
             total[e] += nodes[e, inner].sum()
+    kids = prepare_children_scores(children_scores, mask, single, L, False)
+    if kids is not None:
+        for e in range(len(M)):
+            real = np.flatnonzero(mask[e])
+            if len(real) < 2:
+                continue
+            for local, count in children_counts(M[e][np.ix_(real, real)]):
+                bits = sum(1 << int(real[k]) for k in range(len(real)) if (local >> k) & 1)
+                total[e] += kids[e, bits, min(count - 2, kids.shape[2] - 1)]
     return float(total[0]) if single else total
 
 
@@ -205,6 +240,7 @@ def log_partition(
     mask: np.ndarray | None = None,
     *,
     node_scores: np.ndarray | None = None,
+    children_scores: np.ndarray | None = None,
     exact_max_leaves: int = EXACT_MAX_LEAVES,
     background: bool = False,
     eps: float = 1e-12,
@@ -217,6 +253,7 @@ def log_partition(
         probs: ``(L, L, C)`` or ``(N, L, L, C)``.
         mask: ``(N, L)`` bool, ``True`` for real leaves.
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` (module docstring).
+        children_scores: ``(2^L, K)`` or ``(N, 2^L, K)`` (module docstring); exact only.
         exact_max_leaves: events with more real leaves get the log-partition over the
             approximate decoder's trees (module docstring), a lower bound.
         background: the sum runs over every tree on every leaf set of at least two leaves
@@ -231,6 +268,7 @@ def log_partition(
     zero, scores = scores[..., 0], scores[..., 1:]
     N, L = mask.shape
     nodes = prepare_node_scores(node_scores, N, L, single)
+    kids = prepare_children_scores(children_scores, mask, single, exact_max_leaves, background)
     out = np.zeros(N)
     tree = mask
     if background:
@@ -244,7 +282,13 @@ def log_partition(
         leaf_idx = np.argsort(~tree[events], axis=1, kind="stable")[:, :n_real]
         gather = events[:, None, None], leaf_idx[:, :, None], leaf_idx[:, None, :]
         sub = scores[gather]
-        if n_real <= exact_max_leaves:
+        if kids is not None:
+            out[events] += log_partition_children(
+                sub,
+                gather_node_scores(nodes, events, leaf_idx),
+                gather_children_scores(kids, events, leaf_idx),
+            )
+        elif n_real <= exact_max_leaves:
             free = zero[gather] if background else None
             out[events] += log_partition_exact(
                 sub, gather_node_scores(nodes, events, leaf_idx), free
@@ -263,6 +307,7 @@ def top_k(
     mask: np.ndarray | None = None,
     *,
     node_scores: np.ndarray | None = None,
+    children_scores: np.ndarray | None = None,
     exact_max_leaves: int = EXACT_MAX_LEAVES,
     background: bool = False,
     eps: float = 1e-12,
@@ -278,6 +323,7 @@ def top_k(
         k: trees per event, >= 1.
         mask: ``(N, L)`` bool, ``True`` for real leaves.
         node_scores: ``(2^L,)`` or ``(N, 2^L)`` (module docstring).
+        children_scores: ``(2^L, K)`` or ``(N, 2^L, K)`` (module docstring); exact only.
         background: as for :func:`decode`; only the decoded tree comes back then.
 
     Returns:
@@ -289,6 +335,7 @@ def top_k(
     scores, mask, single = prepare_scores(probs, mask, eps)
     N, L = mask.shape
     nodes = prepare_node_scores(node_scores, N, L, single)
+    kids = prepare_children_scores(children_scores, mask, single, exact_max_leaves, background)
     results: list[list[tuple[np.ndarray, float]]] = []
     for e in range(N):
         real = np.flatnonzero(mask[e])
@@ -305,7 +352,10 @@ def top_k(
                 None if nodes is None else nodes[e]), eps=eps)  # fmt: skip
             results.append([(one, float(score))])
             continue
-        trees = top_k_exact(scores[e][np.ix_(real, real)], sub_nodes, int(k))
+        sub_kids = None
+        if kids is not None:
+            sub_kids = gather_children_scores(kids, np.array([e]), real[None])[0]
+        trees = top_k_exact(scores[e][np.ix_(real, real)], sub_nodes, int(k), sub_kids)
         expanded = []
         for M, score in trees:
             full = np.full((L, L), -1, dtype=np.int64)

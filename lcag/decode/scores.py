@@ -98,6 +98,54 @@ def prepare_node_scores(
     return arr[None] if single else arr
 
 
+def prepare_children_scores(
+    children_scores: np.ndarray | None,
+    mask: np.ndarray,
+    single: bool,
+    exact_limit: int,
+    background: bool,
+) -> np.ndarray | None:
+    """Check children-count scores; return them as ``(N, 2^L, K)`` float64 (or ``None``).
+
+    They need exact decoding: every event at most ``exact_limit`` real leaves, no
+    background. Entries may be ``-inf`` (a number of children a set must not have).
+    """
+    if children_scores is None:
+        return None
+    N, L = mask.shape
+    arr = np.asarray(children_scores, dtype=np.float64)
+    if arr.ndim != (2 if single else 3) or arr.shape[-2:-1] != (1 << L,) or arr.shape[-1] < 1:
+        expected = "(2^L, K)" if single else "(N, 2^L, K)"
+        raise InvalidInputError(
+            f"children_scores: expected shape {expected} with 2^L = {1 << L}"
+            f"{'' if single else f' and N = {N}'}, got {arr.shape}"
+        )
+    if not single and arr.shape[0] != N:
+        raise InvalidInputError(f"children_scores: {arr.shape[0]} events, probs have {N}")
+    bad = np.isnan(arr) | (arr == np.inf)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InvalidInputError(f"children_scores{list(where)} = {arr[where]}: must be < +inf")
+    most = int(mask.sum(axis=1).max(initial=0))
+    if background or most > exact_limit:
+        raise InvalidInputError(
+            "children_scores: exact decoding only (no background, at most "
+            f"{exact_limit} leaves per event here; an event has {most})"
+        )
+    return arr[None] if single else arr
+
+
+def gather_children_scores(
+    kids: np.ndarray, events: np.ndarray, leaf_idx: np.ndarray
+) -> np.ndarray:
+    """Children-count scores ``(E, 2^n, K)`` over the gathered leaves ``leaf_idx (E, n)``
+    (as :func:`gather_node_scores`, column by column)."""
+    return np.stack(
+        [gather_node_scores(kids[..., c], events, leaf_idx) for c in range(kids.shape[-1])],
+        axis=-1,
+    )
+
+
 def subset_members(n: int) -> np.ndarray:
     """``(2^n, n)`` 0/1 int64: row ``S`` marks the leaves in bit mask ``S``."""
     return (np.arange(1 << n)[:, None] >> np.arange(n)[None, :]) & 1

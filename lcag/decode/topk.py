@@ -16,18 +16,22 @@ import heapq
 
 import numpy as np
 
+from lcag.decode.children import children_counts, decode_exact_children
 from lcag.decode.exact import decode_exact
 
 __all__ = ["top_k_exact"]
 
 
-def top_k_exact(scores: np.ndarray, nodes: np.ndarray, k: int) -> list[tuple[np.ndarray, float]]:
+def top_k_exact(
+    scores: np.ndarray, nodes: np.ndarray, k: int, children: np.ndarray | None = None
+) -> list[tuple[np.ndarray, float]]:
     """The ``k`` best valid LCAGs of one event with their scores, best first.
 
     Args:
         scores: ``(n, n, H)`` pair log-scores, index ``c`` = height ``c + 1``, symmetric.
         nodes: ``(2^n,)`` node scores by leaf bit mask (root included).
         k: how many trees (fewer when fewer valid trees exist).
+        children: ``(2^n, K)`` children-count scores (:mod:`lcag.decode.children`).
 
     Returns:
         ``[(lcag (n, n) int64, score), ...]``.
@@ -36,6 +40,8 @@ def top_k_exact(scores: np.ndarray, nodes: np.ndarray, k: int) -> list[tuple[np.
     iu, ju = np.triu_indices(n, 1)
     finite_nodes = nodes[np.isfinite(nodes)]
     reach = np.abs(scores).sum() + n * (np.abs(finite_nodes).max(initial=0.0))
+    if children is not None:
+        reach += n * np.abs(children[np.isfinite(children)]).max(initial=0.0)
     forbid = -(2.0 * reach + 1.0)
 
     def score_of(M: np.ndarray, s: np.ndarray) -> float:
@@ -43,7 +49,18 @@ def top_k_exact(scores: np.ndarray, nodes: np.ndarray, k: int) -> list[tuple[np.
 
         pair = s[iu, ju, M[iu, ju] - 1].sum()
         inner = inner_node_masks(M[None], np.ones((1, n), dtype=bool))[0]
-        return float(pair + nodes[inner].sum())
+        total = pair + nodes[inner].sum()
+        if children is not None:
+            K = children.shape[1]
+            total += sum(children[S, min(c - 2, K - 1)] for S, c in children_counts(M))
+        return float(total)
+
+    def decode_batch(s: np.ndarray) -> np.ndarray:
+        node_batch = np.broadcast_to(nodes, (len(s), len(nodes))).copy()
+        if children is None:
+            return decode_exact(s, node_batch)
+        return decode_exact_children(s, node_batch, np.broadcast_to(children, (len(s),
+                                     *children.shape)))  # fmt: skip
 
     def constrained(prefix: np.ndarray, m: int, banned: frozenset[int]) -> np.ndarray:
         s = scores.copy()
@@ -55,7 +72,7 @@ def top_k_exact(scores: np.ndarray, nodes: np.ndarray, k: int) -> list[tuple[np.
             s[iu[m], ju[m], c - 1] = s[ju[m], iu[m], c - 1] = forbid
         return s
 
-    first = decode_exact(scores[None], nodes[None])[0]
+    first = decode_batch(scores[None])[0]
     heap: list[tuple[float, int, np.ndarray, int, frozenset[int]]] = []
     counter = 0
     heapq.heappush(heap, (-score_of(first, scores), counter, first, 0, frozenset()))
@@ -73,7 +90,7 @@ def top_k_exact(scores: np.ndarray, nodes: np.ndarray, k: int) -> list[tuple[np.
         if not parts:
             continue
         subs = np.stack([constrained(values, q, ban) for q, ban in parts])
-        decoded = decode_exact(subs, np.broadcast_to(nodes, (len(parts), len(nodes))).copy())
+        decoded = decode_batch(subs)
         for (q, ban), s, D in zip(parts, subs, decoded, strict=True):
             if score_of(D, s) <= forbid / 2:
                 continue  # no valid tree in this part

@@ -1,0 +1,272 @@
+"""How often can any method get a random topology's tree right? The generator's own posterior.
+
+Run: ``python benchmarks/bench_bayes_ceiling.py [--config realistic] [--topologies 50]
+[--events 100]``
+
+Unseen topologies of ``configs/data/<config>.yaml`` (at most 10 leaves) are generated and the
+tuned likelihood baseline (``lcag.evaluate.baseline_for``, what ``lcag-evaluate`` uses)
+reconstructs their test events. Every event's true tree and the baseline's tree are then
+scored by the generative model that made the data:
+
+- the prior of the random-topology sampler (:func:`lcag.data_gen.topology.
+  sample_random_topologies`): children counts uniform in ``min_children..max_children``, each
+  child drawn against the parent's remaining mass, final with probability ``p_final`` among
+  the masses that fit, summed over the children's draw orders and over the intermediate
+  particle each inner node can be;
+- the likelihood of the leaves' momenta: each intermediate node's invariant mass on its
+  particle's relativistic Breit-Wigner (Cauchy in ``s = m^2``) convolved with the mass
+  resolution (a Voigt profile, the resolution propagated after the kinematic fit to the
+  mother), and every decay uniform in its n-body phase space (density ``1 / Phi_k``, the
+  phase-space volume at the measured masses, by recursive quadrature).
+
+A Bayes-optimal reconstruction returns the tree of highest posterior, so it is wrong on every
+event where some other tree outscores the truth. The events where the baseline's (wrong) tree
+outscores the truth are a subset of those: ``1 -`` their share bounds the perfect-tree rate of
+*any* method from above, up to the approximations named here (the resolution handled by the
+Voigt profile and the phase space taken at the measured masses). The script prints the
+baseline's rate, that bound, and the share of the baseline's misses that the generative score
+would put right against the baseline's tree (the headroom a better score could reach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy.special import voigt_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(24)
+
+
+def two_body(M: np.ndarray, m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
+    """Two-body phase-space volume ``p* / (4 pi M)`` (0 below threshold)."""
+    lam = (M**2 - (m1 + m2) ** 2) * (M**2 - (m1 - m2) ** 2)
+    return np.sqrt(np.maximum(lam, 0.0)) / (2 * M) / (4 * np.pi * M)
+
+
+def phase_space(M: np.ndarray, masses: list[float]) -> np.ndarray:
+    """``Phi_k(M; m_1..m_k)`` for an array of ``M``, by ``Phi_k = int ds / 2pi Phi_2(M; m_1,
+    sqrt s) Phi_{k-1}(sqrt s; m_2..m_k)`` on Gauss-Legendre nodes in an angle (``s`` from
+    ``(m_2 + .. + m_k)^2`` to ``(M - m_1)^2`` as ``(1 - cos t) / 2``, which takes the
+    square-root ends)."""
+    M = np.asarray(M, dtype=np.float64)
+    if len(masses) == 2:
+        return two_body(M, masses[0], masses[1])
+    m1, rest = masses[0], masses[1:]
+    lo = sum(rest) ** 2
+    hi = np.maximum(M - m1, 0.0) ** 2
+    t = (np.pi / 2) * (_NODES + 1)  # (0, pi)
+    u = (1 - np.cos(t)) / 2
+    du = (np.pi / 2) * np.sin(t) / 2 * _WEIGHTS
+    span = np.maximum(hi - lo, 0.0)
+    s = lo + span[..., None] * u  # (..., N)
+    inner = phase_space(np.sqrt(s), rest)
+    outer = two_body(M[..., None], m1, np.sqrt(s))
+    return (outer * inner * du).sum(-1) * span / (2 * np.pi)
+
+
+class GeneratorPosterior:
+    """Log-posterior (up to a constant per event) of a tree under the random-topology sampler.
+
+    Args:
+        random: the data config's ``random:`` section.
+        resolution_sigma: per-subset mass uncertainty from :func:`lcag.baselines.masses.
+            subset_masses` is passed per event; this class holds only the particle table.
+    """
+
+    def __init__(self, random: dict, phase: bool = True, prior: bool = True) -> None:
+        self.phase, self.prior = phase, prior
+        self.massless = False
+        self.final = sorted(float(m) for m in random["final_state_masses"])
+        self.inter = sorted(float(m) for m in random["intermediate_masses"])
+        self.root_mass = float(random["root_mass"])
+        self.rel_width = float(random.get("relative_width", 0.0))
+        weight = float(random.get("intermediate_weight", 1.0))
+        self.p_final = len(self.final) / (len(self.final) + weight * len(self.inter))
+        self.k_range = (int(random["min_children"]), int(random["max_children"]))
+        self._ps_cache: dict[tuple, float] = {}
+
+    def _draw(self, t: float, is_final: bool, budget: float) -> float:
+        """Probability that the sampler draws particle ``t`` with ``budget`` left."""
+        if not t < budget:
+            return 0.0
+        if not self.prior:
+            return 1.0
+        fit_inter = [m for m in self.inter if m < budget]
+        fit_final = [m for m in self.final if m < budget]
+        if is_final:
+            p = self.p_final if fit_inter else 1.0
+            return p / len(fit_final)
+        return (1 - self.p_final) / len(fit_inter)
+
+    def _children_prob(self, parent: float, kids: list[tuple[bool, float]]) -> float:
+        """Sum over draw orders of the sequential draw probability of ``kids`` ((final, mass))."""
+        k = len(kids)
+        lo, hi = self.k_range
+        most = min(hi, math.ceil(parent / self.final[0]) - 1)
+        if not lo <= k <= most:
+            return 0.0
+        total = 0.0
+        for order in itertools.permutations(range(k)):
+            remaining, p = parent, 1.0
+            for j, index in enumerate(order):
+                final, mass = kids[index]
+                p *= self._draw(mass, final, remaining - (k - j - 1) * self.final[0])
+                if p == 0.0:
+                    break
+                remaining -= mass
+            total += p
+        return total / (most - lo + 1)
+
+    def log_score(self, tree_sets: list[tuple[int, list[int]]], mass: np.ndarray,
+                  sigma: np.ndarray, leaf_mass: np.ndarray) -> float:
+        """``log`` posterior of one tree.
+
+        Args:
+            tree_sets: inner nodes bottom-up as ``(leaf bit mask, children's bit masks)``,
+                the root last.
+            mass, sigma: ``(2^n,)`` invariant mass of every leaf set and its uncertainty.
+            leaf_mass: ``(n,)`` each leaf's species mass.
+        """
+        types = np.array(self.inter)
+        beta: dict[int, np.ndarray] = {}  # inner set -> (T,) likelihood x prior below, per type
+        log_scale = 0.0
+        for index, (S, kids) in enumerate(tree_sets):
+            root = index == len(tree_sets) - 1
+            kid_masses = [float(mass[c]) for c in kids]
+            key = tuple(np.round(sorted(kid_masses), 3)) + (round(float(mass[S]), 3),)
+            ps = self._ps_cache.get(key)
+            if ps is None:
+                ps = float(phase_space(np.array(mass[S]),
+                    [1e-6] * len(kids) if self.massless else sorted(kid_masses, reverse=True)))
+                self._ps_cache[key] = ps
+            if ps <= 0:
+                return -np.inf
+            parents = np.array([self.root_mass]) if root else types
+            inner_kids = [c for c in kids if c & (c - 1)]
+            fixed = [(True, float(leaf_mass[int(c).bit_length() - 1])) for c in kids
+                     if not c & (c - 1)]
+            out = np.zeros(len(parents))
+            for combo in itertools.product(range(len(types)), repeat=len(inner_kids)):
+                weight = 1.0
+                for c, t in zip(inner_kids, combo, strict=True):
+                    weight *= beta[c][t]
+                if weight == 0.0:
+                    continue
+                kid_list = fixed + [(False, float(types[t])) for t in combo]
+                for a, parent in enumerate(parents):
+                    out[a] += weight * self._children_prob(float(parent), kid_list)
+            if self.phase:
+                out /= ps
+            if not root:
+                s = float(mass[S]) ** 2
+                sigma_s = max(2 * float(mass[S]) * float(sigma[S]), 1e-9)
+                gamma = types * (self.rel_width * types)
+                if self.rel_width > 0:
+                    shape = voigt_profile(s - types**2, sigma_s, gamma)
+                else:
+                    shape = np.exp(-0.5 * ((s - types**2) / sigma_s) ** 2) / (
+                        sigma_s * np.sqrt(2 * np.pi))
+                out = out * shape * 2 * np.pi
+            peak = out.max()
+            if peak <= 0:
+                return -np.inf
+            log_scale += math.log(peak)
+            beta[S] = out / peak
+        return log_scale + math.log(beta[tree_sets[-1][0]][0])
+
+
+def tree_sets(lcag: np.ndarray) -> list[tuple[int, list[int]]]:
+    """Inner nodes of an LCAG's tree bottom-up as ``(bit mask, children's bit masks)``."""
+    from lcag.matrix import lcag_to_tree
+
+    tree = lcag_to_tree(lcag)
+    sets = {}
+    order = []
+    for node in reversed(list(tree.preorder())):
+        if tree.is_leaf(node):
+            sets[node] = 1 << node
+            continue
+        kids = [sets[c] for c in tree.children(node)]
+        sets[node] = sum(kids)
+        order.append((sets[node], kids))
+    return order
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="realistic")
+    parser.add_argument("--topologies", type=int, default=50)
+    parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-phase", action="store_true")
+    parser.add_argument("--no-prior", action="store_true")
+    parser.add_argument("--massless", action="store_true")
+    args = parser.parse_args()
+
+    from lcag.baselines.masses import subset_masses
+    from lcag.data import LCAGDataset
+    from lcag.data_gen.config import load_config
+    from lcag.data_gen.writer import generate_dataset
+    from lcag.evaluate import baseline_for
+
+    data = yaml.safe_load((ROOT / "configs" / "data" / f"{args.config}.yaml").read_text())
+    data["random"]["max_leaves"] = 10
+    if args.seed is not None:
+        data["seed"] = args.seed
+    data["topologies"] = {"known": 30, "unknown": args.topologies}
+    data["events"] = {"train": 10, "val": 30, "test": 10, "test_unknown": args.events}
+    model = GeneratorPosterior(data["random"], not args.no_phase, not args.no_prior)
+    model.massless = args.massless
+    resolution = float(data["kinematics"].get("momentum_resolution", 0.0))
+    total = np.array([0.0, 0.0, 0.0, float(data["random"]["root_mass"])])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data"
+        generate_dataset(load_config(data), path, workers=2, progress=False)
+        baseline = baseline_for(LCAGDataset(path, "test"), max_leaves=10)
+        dataset = LCAGDataset(path, "test_unknown")
+        events = dataset.__getitems__(range(len(dataset)))
+    start = time.perf_counter()
+    found = baseline.lcag([e["x"][:, :4].astype(np.float64) for e in events])
+    rows = []
+    for matrix, event in zip(found, events, strict=True):
+        truth = event["target"].astype(np.int64)
+        np.fill_diagonal(truth, 0)
+        p = event["x"][:, :4].astype(np.float64)
+        n = len(p)
+        right = np.array_equal(matrix, truth)
+        if right:
+            rows.append((n, True, None))
+            continue
+        mass, sigma = subset_masses(p, resolution, total=total)
+        leaf_mass = np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(1), 0))
+        leaf_mass = np.array([min(model.final, key=lambda m: abs(m - x)) for x in leaf_mass])
+        s_true = model.log_score(tree_sets(truth), mass, sigma, leaf_mass)
+        s_base = model.log_score(tree_sets(matrix), mass, sigma, leaf_mass)
+        rows.append((n, False, s_true > s_base))
+    seconds = time.perf_counter() - start
+    print(f"# {args.config}.yaml, {args.topologies} unseen topologies (<= 10 leaves) x "
+          f"{args.events} events; scored in {seconds:.0f} s")
+    print(f"{'leaves':<8} {'events':>7} {'baseline':>9} {'truth wins':>11} {'bound (any method)':>19}")
+    for name, cut in (("<= 6", 6), ("<= 10", 10)):
+        sel = [r for r in rows if r[0] <= cut]
+        base = sum(r[1] for r in sel) / len(sel)
+        misses = [r for r in sel if not r[1]]
+        wins = sum(bool(r[2]) for r in misses)
+        lost = len(misses) - wins
+        print(f"{name:<8} {len(sel):>7} {base:>9.1%} {wins / max(len(misses), 1):>11.1%} "
+              f"{1 - lost / len(sel):>19.1%}")
+    print("truth wins: share of the baseline's misses where the generator's posterior of the true "
+          "tree exceeds that of the baseline's tree; bound: 1 - share of all events where the "
+          "baseline's wrong tree is the more probable (no method can get those right)")
+
+
+if __name__ == "__main__":
+    main()
