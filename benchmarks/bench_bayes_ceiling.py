@@ -152,6 +152,8 @@ class GeneratorPosterior:
         log_scale = 0.0
         for index, (S, kids) in enumerate(tree_sets):
             root = index == len(tree_sets) - 1
+            if len(kids) > self.k_range[1]:
+                return -np.inf  # the sampler never makes so many children
             kid_masses = [float(mass[c]) for c in kids]
             key = (*np.round(sorted(kid_masses), 3).tolist(), round(float(mass[S]), 3))
             ps = self._ps_cache.get(key)

@@ -6,7 +6,8 @@ Exact decoding at L = 6, 8, 10 and the dendrogram approximation at L = 14, each 
 noisy model-like probabilities (a random tree's one-hot LCAG mixed with Dirichlet noise) and on
 pure Dirichlet noise (the hardest case: no tree stands out). Argmax decoding is shown for scale.
 Then, at L = 6, 8, 10: exact decoding with node scores (normal, sd 2, per leaf set), the exact
-log-partition over all valid trees, and the five best trees (``top_k``).
+log-partition over all valid trees, and the five best trees (``top_k``); and exact decoding
+and the log-partition with children-count scores too (``K = 4`` columns, normal, sd 2).
 """
 
 from __future__ import annotations
@@ -100,6 +101,18 @@ def main() -> None:
         per = [1000 * times[0] / len(probs), 1000 * times[1] / len(probs)]
         per.append(1000 * times[2] / tenth)
         print(f"{L:>3} {per[0]:>16.3f} {per[1]:>15.3f} {per[2]:>15.2f}")
+
+    print("# with node and children-count scores (K = 4 columns)")
+    print(f"{'L':>3} {'decode ms/event':>16} {'log Z ms/event':>15}")
+    for L in (6, 8, 10):
+        probs = model_like_probs(rng, args.events, L, args.classes)
+        nodes = rng.normal(scale=2.0, size=(args.events, 1 << L))
+        kids = rng.normal(scale=2.0, size=(args.events, 1 << L, 4))
+        decode(probs[:2], node_scores=nodes[:2], children_scores=kids[:2])  # compile
+        log_partition(probs[:2], node_scores=nodes[:2], children_scores=kids[:2])
+        decode_s = timed(decode, probs, node_scores=nodes, children_scores=kids)
+        log_z_s = timed(log_partition, probs, node_scores=nodes, children_scores=kids)
+        print(f"{L:>3} {1000 * decode_s / len(probs):>16.3f} {1000 * log_z_s / len(probs):>15.3f}")
 
     print("# approximation quality at L = 10: share of events where it finds the exact optimum")
     for name, probs in (
