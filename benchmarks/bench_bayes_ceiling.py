@@ -50,35 +50,10 @@ import yaml
 from scipy.special import voigt_profile
 from tqdm import tqdm
 
+from lcag.evidence.grammar import phase_space
+from lcag.evidence.grammar import tree_nodes as tree_sets
+
 ROOT = Path(__file__).resolve().parents[1]
-_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(24)
-
-
-def two_body(M: np.ndarray, m1: np.ndarray, m2: np.ndarray) -> np.ndarray:
-    """Two-body phase-space volume ``p* / (4 pi M)`` (0 below threshold)."""
-    lam = (M**2 - (m1 + m2) ** 2) * (M**2 - (m1 - m2) ** 2)
-    return np.sqrt(np.maximum(lam, 0.0)) / (2 * M) / (4 * np.pi * M)
-
-
-def phase_space(M: np.ndarray, masses: list[float]) -> np.ndarray:
-    """``Phi_k(M; m_1..m_k)`` for an array of ``M``, by ``Phi_k = int ds / 2pi Phi_2(M; m_1,
-    sqrt s) Phi_{k-1}(sqrt s; m_2..m_k)`` on Gauss-Legendre nodes in an angle (``s`` from
-    ``(m_2 + .. + m_k)^2`` to ``(M - m_1)^2`` as ``(1 - cos t) / 2``, which takes the
-    square-root ends)."""
-    M = np.asarray(M, dtype=np.float64)
-    if len(masses) == 2:
-        return two_body(M, masses[0], masses[1])
-    m1, rest = masses[0], masses[1:]
-    lo = sum(rest) ** 2
-    hi = np.maximum(M - m1, 0.0) ** 2
-    t = (np.pi / 2) * (_NODES + 1)  # (0, pi)
-    u = (1 - np.cos(t)) / 2
-    du = (np.pi / 2) * np.sin(t) / 2 * _WEIGHTS
-    span = np.maximum(hi - lo, 0.0)
-    s = lo + span[..., None] * u  # (..., N)
-    inner = phase_space(np.sqrt(s), rest)
-    outer = two_body(M[..., None], m1, np.sqrt(s))
-    return (outer * inner * du).sum(-1) * span / (2 * np.pi)
 
 
 class GeneratorPosterior:
@@ -203,23 +178,6 @@ class GeneratorPosterior:
             log_scale += math.log(peak)
             beta[S] = out / peak
         return log_scale + math.log(beta[tree_sets[-1][0]][0])
-
-
-def tree_sets(lcag: np.ndarray) -> list[tuple[int, list[int]]]:
-    """Inner nodes of an LCAG's tree bottom-up as ``(bit mask, children's bit masks)``."""
-    from lcag.matrix import lcag_to_tree
-
-    tree = lcag_to_tree(lcag)
-    sets = {}
-    order = []
-    for node in reversed(list(tree.preorder())):
-        if tree.is_leaf(node):
-            sets[node] = 1 << node
-            continue
-        kids = [sets[c] for c in tree.children(node)]
-        sets[node] = sum(kids)
-        order.append((sets[node], kids))
-    return order
 
 
 def proposals(p: np.ndarray, mass: np.ndarray, sigma: np.ndarray, random: dict, k: int) -> list:

@@ -33,6 +33,7 @@ from lcag.data import LCAGDataset
 from lcag.decode import decode, tree_score
 from lcag.decode.children import children_counts
 from lcag.evidence.calibration import events_by_size
+from lcag.evidence.grammar import log_massless_phase_space
 from lcag.evidence.topology_prior import apply_bonus, known_scores
 from lcag.inference import Reconstructor
 
@@ -42,17 +43,7 @@ MAX_CHILDREN = 5  # the last column: this many children or more
 def log_phase_space(mass: np.ndarray) -> np.ndarray:
     """``(..., K)``: ``log Phi_k`` of massless k-body phase space at ``mass (...)``,
     ``k = 2..MAX_CHILDREN``."""
-    ks = np.arange(2, MAX_CHILDREN + 1)
-    const = np.array(
-        [
-            (4 - 3 * k) * math.log(2 * math.pi)
-            + (k - 1) * math.log(math.pi / 2)
-            - math.lgamma(k)
-            - math.lgamma(k - 1)
-            for k in ks
-        ]
-    )
-    return const + (2 * ks - 4) * np.log(np.maximum(mass, 1e-6))[..., None]
+    return log_massless_phase_space(mass, np.arange(2, MAX_CHILDREN + 1))
 
 
 def children_table(x: np.ndarray) -> np.ndarray:
