@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from lcag.decode.exact import _best_lower, chunks, subset_sums
+from lcag.decode.exact import _best_lower, chunks, fill_pairs, start_heights, subset_sums
 
 __all__ = ["children_counts", "decode_exact_children", "log_partition_children"]
 
@@ -35,18 +35,7 @@ def decode_exact_children(
     Returns:
         ``(E, n, n)`` int64.
     """
-    E, n, _, H = scores.shape
-    out = np.zeros((E, n, n), dtype=np.int64)
-    for start, stop in chunks(E, n, H):
-        _children_kernel(
-            subset_sums(scores[start:stop]),
-            nodes[start:stop],
-            np.ascontiguousarray(children[start:stop], dtype=np.float64),
-            n,
-            out[start:stop],
-            False,
-        )
-    return out
+    return _run(scores, nodes, children, False)[0]
 
 
 def log_partition_children(
@@ -54,6 +43,14 @@ def log_partition_children(
 ) -> np.ndarray:
     """``log sum_T exp(score(T))`` over every valid LCAG, the children-count scores included
     (arguments as :func:`decode_exact_children`). Returns ``(E,)`` float64."""
+    return _run(scores, nodes, children, True)[1]
+
+
+def _run(
+    scores: np.ndarray, nodes: np.ndarray, children: np.ndarray, total: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel over memory-bounded chunks of events: LCAGs ``(E, n, n)`` (max) and
+    log-partitions ``(E,)`` (``total``)."""
     E, n, _, H = scores.shape
     out = np.zeros((E, n, n), dtype=np.int64)
     log_z = np.zeros(E)
@@ -64,9 +61,9 @@ def log_partition_children(
             np.ascontiguousarray(children[start:stop], dtype=np.float64),
             n,
             out[start:stop],
-            True,
+            total,
         )
-    return log_z
+    return out, log_z
 
 
 def children_counts(lcag: np.ndarray) -> list[tuple[int, int]]:
@@ -131,9 +128,7 @@ def _children_kernel(
     stack_set = np.zeros(n, dtype=np.int64)
     stack_h = np.zeros(n, dtype=np.int64)
     for e in range(E):
-        for S in range(full):
-            F[0, S] = 0.0 if (S & (S - 1)) == 0 and S != 0 else neg
-            lower[S] = neg
+        start_heights(F, lower)
         for h in range(1, H1):
             for S in range(full):
                 if h >= 2:
@@ -213,11 +208,7 @@ def _children_kernel(
         while depth > 0:
             depth -= 1
             S, h = stack_set[depth], stack_h[depth]
-            for i in range(n):
-                if (S >> i) & 1:
-                    for j in range(n):
-                        if j != i and (S >> j) & 1:
-                            out[e, i, j] = h
+            fill_pairs(out[e], S, h, n)
             c = f_count[h, S]
             B = x_block[h, c, S]
             mode_a = x_exact[h, c, S]

@@ -19,6 +19,8 @@ __all__ = [
     "best_top",
     "chunks",
     "decode_exact",
+    "fill_pairs",
+    "start_heights",
     "subset_sums",
 ]
 
@@ -131,9 +133,7 @@ def _exact_kernel(
     stack_set = np.zeros(n, dtype=np.int64)
     stack_h = np.zeros(n, dtype=np.int64)
     for e in range(E):
-        for S in range(full):
-            F[0, S] = 0.0 if (S & (S - 1)) == 0 and S != 0 else neg
-            lower[S] = neg
+        start_heights(F, lower)
         for h in range(1, H1):
             for S in range(full):
                 if h >= 2:
@@ -194,11 +194,7 @@ def _exact_kernel(
         while depth > 0:
             depth -= 1
             S, h = stack_set[depth], stack_h[depth]
-            for i in range(n):
-                if (S >> i) & 1:
-                    for j in range(n):
-                        if j != i and (S >> j) & 1:
-                            out[e, i, j] = h
+            fill_pairs(out[e], S, h, n)
             # Walk the blocks of S at height h: X first, then A- or P1-mode for the rest.
             B = x_block[h, S]
             rest = S ^ B
@@ -225,6 +221,25 @@ def _exact_kernel(
                     else:
                         block_h = _best_lower(F, B, h)
                 rest = rest ^ B
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def fill_pairs(out: np.ndarray, S: int, h: int, n: int) -> None:  # pragma: no cover - compiled
+    """Set every pair of leaves in ``S`` to height ``h`` in one event's ``out (n, n)``."""
+    for i in range(n):
+        if (S >> i) & 1:
+            for j in range(n):
+                if j != i and (S >> j) & 1:
+                    out[i, j] = h
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def start_heights(F: np.ndarray, lower: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Height 0 of the subset tables: ``F[0, S]`` is 0 for a single leaf, ``-inf`` for any
+    other set; ``lower`` (the best below the current height) starts at ``-inf``."""
+    for S in range(F.shape[1]):
+        F[0, S] = 0.0 if (S & (S - 1)) == 0 and S != 0 else -np.inf
+        lower[S] = -np.inf
 
 
 @numba.njit(cache=True, nogil=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from lcag.decode.exact import background_sums, chunks, subset_sums
+from lcag.decode.exact import background_sums, chunks, start_heights, subset_sums
 
 __all__ = ["PRUNE", "log_partition_exact"]
 
@@ -77,9 +77,7 @@ def _partition_kernel(
     A = np.empty(full)
     P1 = np.empty(full)
     for e in range(E):
-        for S in range(full):
-            F[0, S] = 0.0 if (S & (S - 1)) == 0 and S != 0 else neg
-            lower[S] = neg
+        start_heights(F, lower)
         for h in range(1, H1):
             for S in range(full):
                 if h >= 2:
