@@ -38,18 +38,6 @@ from lcag.inference import Reconstructor
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, np.inf)
 
 
-def learn_grammar(data: Path) -> DecayGrammar:
-    """The grammar of the training topologies of ``data``."""
-    train = LCAGDataset(data, "train")
-    table = train.topology_table()
-    trees = []
-    for t in np.flatnonzero(table.known):
-        topology = table.topology(int(t))
-        trees.append((topology.tree.parents, topology.tree.masses, topology.widths))
-    kinematics = train.manifest["config"].get("kinematics", {})
-    return DecayGrammar.from_trees(trees, float(kinematics.get("momentum_resolution", 0.0)))
-
-
 def candidates(
     reco: Reconstructor,
     grammar: DecayGrammar,
@@ -124,7 +112,7 @@ def main() -> None:
     parser.add_argument("--test-events", type=int, default=2000)
     args = parser.parse_args()
     reco = Reconstructor.from_checkpoint(args.ckpt)
-    grammar = learn_grammar(args.data)
+    grammar = DecayGrammar.from_dataset(args.data)
     start = time.perf_counter()
     rows = {
         split: candidates(reco, grammar, args.data, split, args.candidates, limit, args.proposals)

@@ -5,9 +5,12 @@ Pair scores cannot see whether a *set* of leaves is a particle; a node score per
 the log-odds that a leaf subset is an inner node given its invariant mass and size.
 :class:`NodeEvidence` holds what a trained model decodes with: the prior, a learnt subset head
 (:class:`lcag.models.SubsetHead`) and their weight, and :class:`TopologyCatalogue` the
-training topologies (whether a reconstructed tree is of one).
+training topologies (whether a reconstructed tree is of one). :class:`DecayGrammar` judges
+whole trees: a generative model of decays (particles, children, line shapes, phase space)
+learnt from the training topologies.
 """
 
+from lcag.evidence.grammar import DecayGrammar
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.subsets import (
     candidate_subsets,
@@ -24,6 +27,7 @@ __getattr__ = lazy_names(__name__, {"NodeEvidence": "lcag.evidence.node_evidence
 
 
 __all__ = [
+    "DecayGrammar",
     "MassPrior",
     "NodeEvidence",
     "TopologyCatalogue",

@@ -193,6 +193,22 @@ class DecayGrammar:
             resolution=float(resolution),
         )
 
+    @classmethod
+    def from_dataset(cls, path: str | Any, alpha: float = 0.5) -> DecayGrammar:
+        """Learn the grammar from a dataset's training topologies (the topology table's
+        known ones) and its momentum resolution (the manifest's ``kinematics``)."""
+        from lcag.data import LCAGDataset
+
+        train = LCAGDataset(path, "train")
+        table = train.topology_table()
+        trees = []
+        for index in np.flatnonzero(table.known):
+            topology = table.topology(int(index))
+            trees.append((topology.tree.parents, topology.tree.masses, topology.widths))
+        kinematics = train.manifest.get("config", {}).get("kinematics", {})
+        resolution = float(kinematics.get("momentum_resolution", 0.0))
+        return cls.from_trees(trees, resolution, alpha)
+
     # ------------------------------------------------------------------ scoring
     def subset_masses(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(2^n,)`` invariant mass of every leaf set of ``p (n, 4)`` and its uncertainty."""

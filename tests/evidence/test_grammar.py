@@ -118,3 +118,21 @@ def test_proposals_decode_to_valid_trees_with_the_true_one_among_them():
     assert is_valid_lcag(best)
     found = [M for M, _ in top_k(uniform, 4, node_scores=nodes, children_scores=children)]
     assert any(np.array_equal(M, truth) for M in found)
+
+
+def test_from_dataset_learns_only_the_training_topologies(tiny_data):
+    from lcag.data import LCAGDataset
+
+    grammar = DecayGrammar.from_dataset(tiny_data)
+    table = LCAGDataset(tiny_data, "train").topology_table()
+    inner = set()
+    for index in np.flatnonzero(table.known):
+        tree = table.topology(int(index)).tree
+        inner |= {float(tree.masses[v]) for v in tree.inner_nodes if v != tree.root}
+    assert set(grammar.types.tolist()) == inner
+    assert grammar.resolution == LCAGDataset(tiny_data, "train").manifest["config"][
+        "kinematics"
+    ].get("momentum_resolution", 0.0)
+    # each parent's children-count and child distributions are normalised where it decays
+    assert np.allclose(np.exp(grammar.log_count).sum(1), 1.0)
+    assert np.allclose(np.exp(grammar.log_child).sum(1), 1.0)
