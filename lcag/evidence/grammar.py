@@ -29,7 +29,7 @@ the same leaves is measured against the same leaf momenta, so the values compare
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -113,9 +113,6 @@ class DecayGrammar:
         log_count: ``(R + T, K + 1)`` ``log P(k children | parent)``, parents roots then types.
         log_child: ``(R + T, T + F)`` ``log P(child | parent)``, children types then species.
         resolution: relative momentum resolution of each component (the dataset's).
-        total: ``(4,)`` the 4-momentum every event's leaves add up to (one mother of known
-            momentum and mass), or empty: with a resolution the leaves are fitted to it
-            before their masses are taken (:func:`lcag.baselines.masses.kinematic_fit`).
     """
 
     roots: np.ndarray
@@ -126,7 +123,6 @@ class DecayGrammar:
     log_count: np.ndarray
     log_child: np.ndarray
     resolution: float
-    total: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def from_trees(
@@ -134,7 +130,6 @@ class DecayGrammar:
         trees: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
         resolution: float,
         alpha: float = 0.5,
-        total: np.ndarray | None = None,
     ) -> DecayGrammar:
         """Learn the grammar from training trees.
 
@@ -143,7 +138,6 @@ class DecayGrammar:
                 (nodes,))``, leaves first (:class:`lcag.tree.DecayTree`'s numbering).
             resolution: the leaves' relative momentum resolution.
             alpha: add-``alpha`` smoothing of the counts.
-            total: ``(4,)`` the 4-momentum every event's leaves add up to, when known.
         """
         roots: dict[float, int] = {}
         types: dict[float, float] = {}
@@ -197,15 +191,12 @@ class DecayGrammar:
             log_count=log_count,
             log_child=log_child,
             resolution=float(resolution),
-            total=np.zeros(0) if total is None else np.asarray(total, dtype=np.float64),
         )
 
     @classmethod
     def from_dataset(cls, path: str | Any, alpha: float = 0.5) -> DecayGrammar:
         """Learn the grammar from a dataset's training topologies (the topology table's
-        known ones), its momentum resolution and, when every event is one mother of known
-        momentum and mass (one root mass: roots are never given a Breit-Wigner mass), the
-        leaves' total 4-momentum (the manifest's ``kinematics``)."""
+        known ones) and its momentum resolution (the manifest's ``kinematics``)."""
         from lcag.data import LCAGDataset
 
         train = LCAGDataset(path, "train")
@@ -216,20 +207,14 @@ class DecayGrammar:
             trees.append((topology.tree.parents, topology.tree.masses, topology.widths))
         kinematics = train.manifest.get("config", {}).get("kinematics", {})
         resolution = float(kinematics.get("momentum_resolution", 0.0))
-        roots = {float(tree[1][tree[0] < 0][0]) for tree in trees}
-        total = None
-        mother = kinematics.get("mother_momentum")
-        if mother is not None and len(roots) == 1:  # a root's mass is never drawn
-            momentum = np.asarray(mother, dtype=np.float64)
-            total = np.append(momentum, math.sqrt(momentum @ momentum + roots.pop() ** 2))
-        return cls.from_trees(trees, resolution, alpha, total)
+        return cls.from_trees(trees, resolution, alpha)
 
     # ------------------------------------------------------------------ scoring
     def subset_masses(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(2^n,)`` invariant mass of every leaf set of ``p (n, 4)`` and its uncertainty."""
         from lcag.baselines.masses import subset_masses
 
-        return subset_masses(p, self.resolution, total=self.total if self.total.size else None)
+        return subset_masses(p, self.resolution)
 
     def leaf_species(self, p: np.ndarray) -> np.ndarray:
         """``(n,)`` index into :attr:`species` of each leaf's mass (the nearest)."""
@@ -317,7 +302,6 @@ class DecayGrammar:
             if isinstance(v, np.ndarray)
         }
         out["resolution"] = self.resolution
-        out["total"] = self.total.tolist()
         return out
 
     @classmethod
@@ -325,12 +309,11 @@ class DecayGrammar:
         arrays = {
             name: np.asarray(value, dtype=np.float64)
             for name, value in data.items()
-            if name not in ("resolution", "total")
+            if name != "resolution"
         }
         for name in ("log_root", "log_count", "log_child"):
             arrays[name] = np.where(arrays[name] <= -1e299, -np.inf, arrays[name])
-        total = np.asarray(data.get("total", []), dtype=np.float64)
-        return cls(**arrays, resolution=float(data["resolution"]), total=total)
+        return cls(**arrays, resolution=float(data["resolution"]))
 
 
 def _key(mass: float) -> float:
