@@ -1,12 +1,13 @@
 """How often can any method get a random topology's tree right? The generator's own posterior.
 
-Run: ``python benchmarks/bench_bayes_ceiling.py [--config realistic] [--topologies 50]
-[--events 100]``
+Run: ``python benchmarks/bench_bayes_ceiling.py [--data runs/acc_real/data] [--ckpt
+runs/acc_real/tiny_transformer/best.ckpt] [--events 500] [--candidates 20]`` (without
+``--data``: unseen topologies of ``configs/data/<--config>.yaml``, at most 10 leaves, are
+generated).
 
-Unseen topologies of ``configs/data/<config>.yaml`` (at most 10 leaves) are generated and the
-tuned likelihood baseline (``lcag.evaluate.baseline_for``, what ``lcag-evaluate`` uses)
-reconstructs their test events. Every event's true tree and the baseline's tree are then
-scored by the generative model that made the data:
+Unseen-topology test events are reconstructed by the tuned likelihood baseline
+(``lcag.evaluate.baseline_for``, what ``lcag-evaluate`` uses) and, with ``--ckpt``, by the
+checkpoint's full method. Trees are then scored by the generative model that made the data:
 
 - the prior of the random-topology sampler (:func:`lcag.data_gen.topology.
   sample_random_topologies`): children counts uniform in ``min_children..max_children``, each
@@ -19,20 +20,16 @@ scored by the generative model that made the data:
   mother), and every decay uniform in its n-body phase space (density ``1 / Phi_k``, the
   phase-space volume at the measured masses, by recursive quadrature).
 
-A Bayes-optimal reconstruction returns the tree of highest posterior, so it is wrong on every
-event where some other tree outscores the truth. The events where the baseline's (wrong) tree
-outscores the truth are a subset of those: ``1 -`` their share bounds the perfect-tree rate of
-*any* method from above, up to the approximations named here (the resolution handled by the
-Voigt profile and the phase space taken at the measured masses). The script prints the
-baseline's rate, that bound, and the share of the baseline's misses that the generative score
-would put right against the baseline's tree.
-
-The bound is loose: it compares the truth with one other tree only. A decoder that maximises
-a score must beat *every* tree, and a third tree often outscores both (``bench_phase_space.py
---physics-events`` decodes with line shapes and the phase-space term over all trees).
-Ablations: ``--no-phase`` (no ``1 / Phi_k``), ``--no-prior`` (every draw weighs 1, the
-children's masses still required to fit in the parent's), ``--massless`` (``Phi_k`` of
-massless children, the form :mod:`lcag.decode.children` can add in decoding).
+Every event gets ``--candidates`` proposals: the best trees of a score that exact decoding can
+maximise (each leaf set's mean line shape and the massless phase-space density by number of
+children, :func:`proposals`), with the baseline's and the model's trees. "posterior rerank"
+keeps the candidate of highest posterior: a method, so its rate is achievable. "bound" is the
+share of events whose true tree outscores every candidate: a Bayes-optimal reconstruction is
+wrong wherever another tree outscores the truth, so no method exceeds it, up to the
+approximations named here (the resolution handled by a Voigt profile, the phase space taken at
+the measured masses). Ablations: ``--no-phase`` (no ``1 / Phi_k``), ``--no-prior`` (every draw
+weighs 1, the children's masses still required to fit in the parent's), ``--massless``
+(``Phi_k`` of massless children, the form :mod:`lcag.decode.children` can add in decoding).
 """
 
 from __future__ import annotations
