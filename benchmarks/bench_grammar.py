@@ -29,10 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from lcag.data import LCAGDataset
-from lcag.decode import top_k, tree_score
 from lcag.evidence.calibration import events_by_size
 from lcag.evidence.grammar import DecayGrammar
-from lcag.evidence.topology_prior import known_scores
+from lcag.evidence.grammar_rerank import Candidates
+from lcag.evidence.grammar_rerank import candidates as grammar_candidates
 from lcag.inference import Reconstructor
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, np.inf)
@@ -46,54 +46,29 @@ def candidates(
     k: int,
     limit: int | None,
     proposals: int = 0,
-) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Per event: leaf count, which candidates are the true tree ``(A,)`` bool, the
-    candidates' scores (with bonus) and grammar log-likelihoods."""
+) -> list[tuple[int, np.ndarray, Candidates]]:
+    """Per event: leaf count, which candidates are the true tree ``(A,)`` bool, and the
+    candidates (:func:`lcag.evidence.grammar_rerank.candidates`)."""
     dataset = LCAGDataset(data, split, max_events=limit)
     events = dataset.__getitems__(range(len(dataset)))
     rows = []
-    bar = tqdm(total=len(events), desc=split, leave=False)
-    for n, group in sorted(events_by_size(events).items()):
+    for n, group in tqdm(sorted(events_by_size(events).items()), desc=split, leave=False):
         x = np.stack([e["x"] for e in group]).astype(np.float32)
         mask = np.ones((len(group), n), dtype=bool)
         truth = np.stack([e["target"] for e in group]).astype(np.int64)
         truth[:, np.arange(n), np.arange(n)] = 0
-        probs, nodes, _ = reco.outputs(x, mask)
-        prior = reco._topology_prior(x, mask, probs.shape[-1])
-        known = known_scores(prior[0], probs, mask, nodes) if prior is not None else None
-        for e in range(len(group)):
-            found = top_k(probs[e], k, node_scores=None if nodes is None else nodes[e])
-            trees = [M for M, _ in found]
-            scores = [s for _, s in found]
-            if prior is not None:
-                for M, s in zip(prior[0][e], known[e], strict=True):
-                    trees.append(M)
-                    scores.append(s + prior[1][e])
-            leaves = x[e, :, :4].astype(np.float64)
-            masses = grammar.subset_masses(leaves)
-            if proposals:
-                node_p, kids_p = grammar.proposal_scores(leaves, masses)
-                uniform = np.full((n, n, n + 1), 1.0 / (n + 1))
-                for M, _ in top_k(uniform, proposals, node_scores=node_p, children_scores=kids_p):
-                    trees.append(M)
-                    scores.append(float(tree_score(M, probs[e], node_scores=(
-                        None if nodes is None else nodes[e]))))  # fmt: skip
-            gram = grammar.log_likelihood(trees, leaves, masses)
-            hits = np.array([np.array_equal(M, truth[e]) for M in trees])
-            rows.append((n, hits, np.array(scores), gram))
-            bar.update()
-    bar.close()
+        for event, true in zip(
+            grammar_candidates(reco, grammar, x, mask, k, proposals), truth, strict=True
+        ):
+            rows.append((n, (event.trees == true).all(axis=(1, 2)), event))
     return rows
 
 
 def rate(rows: list, w: float, most: int = 10) -> float:
     right = []
-    for n, hit, scores, gram in rows:
-        if n > most:
-            continue
-        g = np.where(np.isfinite(gram), gram, -1e12)
-        total = g if w == np.inf else scores + w * g
-        right.append(bool(hit[int(np.argmax(total))]))
+    for n, hits, event in rows:
+        if n <= most:
+            right.append(bool(hits[event.index(w)]))
     return float(np.mean(right))
 
 
@@ -130,7 +105,7 @@ def main() -> None:
         f"{args.candidates} best trees + known trees per event; {time.perf_counter() - start:.0f} s"
     )
     for split in ("test", "test_unknown"):
-        recall = np.mean([hit.any() for n, hit, _, _ in rows[split] if n <= 10])
+        recall = np.mean([hits.any() for n, hits, _ in rows[split] if n <= 10])
         print(
             f"# {split}: {len(rows[split])} events, the true tree among the candidates {recall:.1%}"
         )
