@@ -24,7 +24,7 @@ import numpy as np
 from lcag.data import LCAGDataset
 from lcag.decode import decode
 from lcag.evaluate import calibration
-from lcag.evidence.calibration import events_by_size, fit_temperatures
+from lcag.evidence.calibration import fit_temperatures, labelled_batches
 from lcag.inference import Reconstructor, _objects
 
 KINDS = {
@@ -39,40 +39,34 @@ def decoded_batches(reco: Reconstructor, data: Path, split: str, max_events: int
     dataset = LCAGDataset(data, split, max_events=max_events)
     events = dataset.__getitems__(range(len(dataset)))
     batches = []
-    for n, members in sorted(events_by_size(events).items()):
-        for start in range(0, len(members), 1024):
-            chunk = members[start : start + 1024]
-            x = np.stack([e["x"] for e in chunk]).astype(np.float32)
-            mask = np.ones((len(chunk), n), dtype=bool)
-            truth = np.stack([e["target"] for e in chunk]).astype(np.int64)
-            truth[:, np.arange(n), np.arange(n)] = 0
-            probs, nodes, _ = reco.outputs(x, mask)
-            prior = reco._topology_prior(x, mask, probs.shape[-1])
-            if prior is None:
-                raise SystemExit(f"{split}: the checkpoint has no topology prior to study")
-            alone = decode(probs, mask, node_scores=nodes)
-            full = reco.decode(probs, mask, nodes, x=x, prior=prior)
-            trees, bonus = prior
-            truth_bonus = np.where(reco.catalogue.contains(truth, x, mask), bonus, 0.0)
-            batches.append(
-                {
-                    "group": (
-                        probs.astype(np.float64),
-                        mask,
-                        nodes,
-                        truth,
-                        _objects(trees),
-                        bonus,
-                        truth_bonus,
-                    ),
-                    "x": x,
-                    "full": full,
-                    "known": reco.catalogue.contains(full, x, mask),
-                    "by_prior": ~(full == alone).all(axis=(1, 2)),
-                    "perfect": (full == truth).all(axis=(1, 2)),
-                    "n": n,
-                }
-            )
+    for n, x, mask, truth in labelled_batches(events):
+        probs, nodes, _ = reco.outputs(x, mask)
+        prior = reco._topology_prior(x, mask, probs.shape[-1])
+        if prior is None:
+            raise SystemExit(f"{split}: the checkpoint has no topology prior to study")
+        alone = decode(probs, mask, node_scores=nodes)
+        full = reco.decode(probs, mask, nodes, x=x, prior=prior)
+        trees, bonus = prior
+        truth_bonus = np.where(reco.catalogue.contains(truth, x, mask), bonus, 0.0)
+        batches.append(
+            {
+                "group": (
+                    probs.astype(np.float64),
+                    mask,
+                    nodes,
+                    truth,
+                    _objects(trees),
+                    bonus,
+                    truth_bonus,
+                ),
+                "x": x,
+                "full": full,
+                "known": reco.catalogue.contains(full, x, mask),
+                "by_prior": ~(full == alone).all(axis=(1, 2)),
+                "perfect": (full == truth).all(axis=(1, 2)),
+                "n": n,
+            }
+        )
     return batches
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lcag.data import LCAGDataset
-from lcag.evidence.calibration import events_by_size
+from lcag.evidence.calibration import labelled_batches
 from lcag.evidence.grammar import DecayGrammar
 from lcag.evidence.grammar_rerank import Candidates
 from lcag.evidence.grammar_rerank import candidates as grammar_candidates
@@ -52,11 +52,7 @@ def candidates(
     dataset = LCAGDataset(data, split, max_events=limit)
     events = dataset.__getitems__(range(len(dataset)))
     rows = []
-    for n, group in tqdm(sorted(events_by_size(events).items()), desc=split, leave=False):
-        x = np.stack([e["x"] for e in group]).astype(np.float32)
-        mask = np.ones((len(group), n), dtype=bool)
-        truth = np.stack([e["target"] for e in group]).astype(np.int64)
-        truth[:, np.arange(n), np.arange(n)] = 0
+    for n, x, mask, truth in tqdm(list(labelled_batches(events)), desc=split, leave=False):
         for event, true in zip(
             grammar_candidates(reco, grammar, x, mask, k, proposals), truth, strict=True
         ):

@@ -32,7 +32,7 @@ from lcag.baselines.masses import members
 from lcag.data import LCAGDataset
 from lcag.decode import decode, tree_score
 from lcag.decode.children import children_counts
-from lcag.evidence.calibration import events_by_size
+from lcag.evidence.calibration import labelled_batches
 from lcag.evidence.grammar import log_massless_phase_space
 from lcag.evidence.topology_prior import apply_bonus, known_scores
 from lcag.inference import Reconstructor
@@ -68,31 +68,23 @@ def rates(
     dataset = LCAGDataset(data, split, max_events=max_events)
     events = dataset.__getitems__(range(len(dataset)))
     out: dict[float, list] = {w: [] for w in weights}
-    for n, group in sorted(events_by_size(events).items()):
-        if n > 10:
-            continue
-        for start in range(0, len(group), 512):
-            chunk = group[start : start + 512]
-            x = np.stack([e["x"] for e in chunk]).astype(np.float32)
-            mask = np.ones((len(chunk), n), dtype=bool)
-            truth = np.stack([e["target"] for e in chunk]).astype(np.int64)
-            truth[:, np.arange(n), np.arange(n)] = 0
-            probs, nodes, _ = reco.outputs(x, mask)
-            prior = reco._topology_prior(x, mask, probs.shape[-1])
-            table = children_table(x)
-            base_known = None
+    for n, x, mask, truth in labelled_batches(events, 512):
+        probs, nodes, _ = reco.outputs(x, mask)
+        prior = reco._topology_prior(x, mask, probs.shape[-1])
+        table = children_table(x)
+        base_known = None
+        if prior is not None:
+            base_known = known_scores(prior[0], probs, mask, nodes)
+            known_terms = [children_term(k, table[e]) for e, k in enumerate(prior[0])]
+        for w in weights:
+            kids = w * table
+            trees = decode(probs, mask, node_scores=nodes, children_scores=kids)
             if prior is not None:
-                base_known = known_scores(prior[0], probs, mask, nodes)
-                known_terms = [children_term(k, table[e]) for e, k in enumerate(prior[0])]
-            for w in weights:
-                kids = w * table
-                trees = decode(probs, mask, node_scores=nodes, children_scores=kids)
-                if prior is not None:
-                    scores = tree_score(trees, probs, mask, node_scores=nodes, children_scores=kids)
-                    values = [b + w * t for b, t in zip(base_known, known_terms, strict=True)]
-                    trees = apply_bonus(trees, scores, prior[0], values, mask, prior[1])
-                right = (trees == truth).all(axis=(1, 2))
-                out[w].extend((n, bool(r)) for r in right)
+                scores = tree_score(trees, probs, mask, node_scores=nodes, children_scores=kids)
+                values = [b + w * t for b, t in zip(base_known, known_terms, strict=True)]
+                trees = apply_bonus(trees, scores, prior[0], values, mask, prior[1])
+            right = (trees == truth).all(axis=(1, 2))
+            out[w].extend((n, bool(r)) for r in right)
     return {w: np.array(v) for w, v in out.items()}
 
 

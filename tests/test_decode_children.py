@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import EPS64
-from test_decode import all_valid_lcags
-from test_decode_nodes import node_tolerance
+from test_decode_nodes import brute_force_scores, node_tolerance
 
 from lcag import InvalidInputError, decode, is_valid_lcag, log_partition, top_k, tree_score
 from lcag.decode.children import children_counts
@@ -31,15 +30,7 @@ def events(draw: st.DrawFn, max_leaves: int = 6) -> tuple:
 
 def brute_force(probs, nodes, children) -> tuple[np.ndarray, np.ndarray]:
     """Every valid LCAG on ``L`` leaves and its score, children-count terms added by hand."""
-    L = probs.shape[0]
-    trees = all_valid_lcags(L)
-    T = len(trees)
-    base = tree_score(
-        trees,
-        np.broadcast_to(probs, (T, *probs.shape)),
-        np.ones((T, L), dtype=bool),
-        node_scores=np.broadcast_to(nodes, (T, len(nodes))),
-    )
+    trees, base = brute_force_scores(probs, nodes)
     K = children.shape[1]
     extra = [sum(children[S, min(c - 2, K - 1)] for S, c in children_counts(t)) for t in trees]
     return trees, base + np.array(extra)

@@ -16,6 +16,7 @@ model is mostly right, one for the others, where its pair scores are often confi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "fit_known_and_unseen",
     "fit_temperature",
     "fit_temperatures",
+    "labelled_batches",
     "scaled",
     "temperatures_for",
     "tree_log_likelihood",
@@ -175,3 +177,17 @@ def events_by_size(events: list[dict[str, Any]]) -> dict[int, list[dict[str, Any
         if 2 <= n <= EXACT_MAX_LEAVES:
             groups.setdefault(n, []).append(event)
     return groups
+
+
+def labelled_batches(
+    events: list[dict[str, Any]], batch_size: int = 1024
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Events with known trees as batches of one leaf count (up to ``EXACT_MAX_LEAVES``):
+    ``(n, x (B, n, F) float32, mask (B, n), truth (B, n, n) int64 with a zero diagonal)``."""
+    for n, members in sorted(events_by_size(events).items()):
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            x = np.stack([e["x"] for e in chunk]).astype(np.float32)
+            truth = np.stack([e["target"] for e in chunk]).astype(np.int64)
+            truth[:, np.arange(n), np.arange(n)] = 0
+            yield n, x, np.ones((len(chunk), n), dtype=bool), truth
