@@ -182,20 +182,11 @@ def proposals(p: np.ndarray, mass: np.ndarray, sigma: np.ndarray, random: dict, 
     mean line shape (``log 2 pi mean_t Voigt_t(m_S^2)``, minus 2) and the massless
     phase-space density by number of children (``lcag.decode.children``; more children than
     the sampler makes are forbidden)."""
-    from bench_phase_space import log_phase_space
+    from bench_phase_space import log_phase_space, mean_line_shape
 
     from lcag.decode import top_k
 
-    inter = np.asarray(random["intermediate_masses"], dtype=np.float64)
-    gamma = inter**2 * float(random.get("relative_width", 0.0))
-    spread = np.maximum(2 * mass * sigma, 1e-9)[:, None]
-    if gamma.any():
-        density = voigt_profile((mass**2)[:, None] - inter**2, spread, gamma).mean(1)
-    else:
-        density = np.exp(-0.5 * (((mass**2)[:, None] - inter**2) / spread) ** 2).mean(1) / (
-            spread[:, 0] * np.sqrt(2 * np.pi)
-        )
-    line = np.log(np.maximum(2 * np.pi * density, 1e-300)) - 2.0
+    line = mean_line_shape(mass, sigma, random) - 2.0
     children = -log_phase_space(mass)[:, : int(random["max_children"]) - 1]
     children = np.concatenate([children, np.full((len(mass), 1), -np.inf)], axis=1)
     n = len(p)

@@ -88,19 +88,32 @@ def rates(
     return {w: np.array(v) for w, v in out.items()}
 
 
+def mean_line_shape(mass: np.ndarray, sigma: np.ndarray, random: dict) -> np.ndarray:
+    """``(2^n,)`` ``log(2 pi x mean_t line_t(m_S^2))`` over the data config's intermediate
+    particles ``t``: a Breit-Wigner in ``s`` (width ``relative_width`` of each mass) convolved
+    with the propagated resolution ``sigma`` (a Voigt profile; a Gaussian without widths)."""
+    from scipy.special import voigt_profile
+
+    inter = np.asarray(random["intermediate_masses"], dtype=np.float64)
+    gamma = inter**2 * float(random.get("relative_width", 0.0))
+    spread = np.maximum(2 * mass * sigma, 1e-9)[:, None]
+    offset = (mass**2)[:, None] - inter**2
+    if gamma.any():
+        density = voigt_profile(offset, spread, gamma).mean(1)
+    else:
+        density = (np.exp(-0.5 * (offset / spread) ** 2) / (spread * np.sqrt(2 * np.pi))).mean(1)
+    return np.log(np.maximum(2 * np.pi * density, 1e-300))
+
+
 def physics_rates(data: Path, max_events: int, penalties: list[float]) -> dict:
     """Per ``(phase space on, penalty)``, ``(events, 2)`` leaf counts and right or wrong, of
     decoding ``test_unknown`` from the line shapes alone (see the module docstring)."""
     import json
 
-    from scipy.special import voigt_profile
-
     from lcag.baselines.masses import subset_masses
 
     config = json.loads((data / "manifest.json").read_text())["config"]
     random, kinematics = config["random"], config["kinematics"]
-    inter = np.asarray(random["intermediate_masses"], dtype=np.float64)
-    gamma = inter**2 * float(random["relative_width"])
     total = np.array([*kinematics["mother_momentum"], 0.0])
     total[3] = math.hypot(*total[:3], float(random["root_mass"]))
     resolution = float(kinematics["momentum_resolution"])
@@ -114,9 +127,7 @@ def physics_rates(data: Path, max_events: int, penalties: list[float]) -> dict:
         truth = event["target"].astype(np.int64)
         np.fill_diagonal(truth, 0)
         mass, sigma = subset_masses(p, resolution, total=total)
-        spread = np.maximum(2 * mass * sigma, 1e-9)[:, None]
-        density = voigt_profile((mass**2)[:, None] - inter**2, spread, gamma).mean(1)
-        line = np.log(np.maximum(2 * np.pi * density, 1e-300))
+        line = mean_line_shape(mass, sigma, random)
         uniform = np.full((n, n, n + 1), 1.0 / (n + 1))  # pair scores: the same for every tree
         for ps in (False, True):
             for pen in penalties:

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from lcag.decode.exact import _best_lower, chunks, fill_pairs, start_heights, subset_sums
+from lcag.decode.partition import _add
 
 __all__ = ["children_counts", "decode_exact_children", "log_partition_children"]
 
@@ -80,14 +81,10 @@ def children_counts(lcag: np.ndarray) -> list[tuple[int, int]]:
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _join(a: float, b: float, total: bool) -> float:  # pragma: no cover - compiled
-    """``max(a, b)``, or with ``total`` ``log(exp(a) + exp(b))``."""
-    if not total:
-        return a if a >= b else b
-    if a < b:
-        a, b = b, a
-    if b == -np.inf or b < a - 40.0:
-        return a
-    return a + np.log1p(np.exp(b - a))
+    """``max(a, b)``, or with ``total`` the log-partition's ``log(exp(a) + exp(b))``."""
+    if total:
+        return _add(a, b)
+    return a if a >= b else b
 
 
 @numba.njit(cache=True, nogil=True)

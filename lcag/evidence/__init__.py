@@ -10,7 +10,6 @@ whole trees: a generative model of decays (particles, children, line shapes, pha
 learnt from the training topologies.
 """
 
-from lcag.evidence.grammar import DecayGrammar
 from lcag.evidence.mass_prior import MassPrior
 from lcag.evidence.subsets import (
     candidate_subsets,
@@ -22,8 +21,11 @@ from lcag.evidence.subsets import (
 from lcag.evidence.topologies import TopologyCatalogue
 from lcag.lazy import lazy_names
 
-# NodeEvidence (a torch module) imports torch only when first used
-__getattr__ = lazy_names(__name__, {"NodeEvidence": "lcag.evidence.node_evidence"})
+# NodeEvidence (a torch module) imports torch, DecayGrammar scipy.special, when first used
+__getattr__ = lazy_names(
+    __name__,
+    {"NodeEvidence": "lcag.evidence.node_evidence", "DecayGrammar": "lcag.evidence.grammar"},
+)
 
 
 __all__ = [

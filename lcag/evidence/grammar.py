@@ -143,11 +143,12 @@ class DecayGrammar:
         types: dict[float, float] = {}
         species: set[float] = set()
         for parents, masses, widths in trees:
+            inner = set(parents.tolist())
             for node, parent in enumerate(parents):
                 m = _key(masses[node])
                 if parent < 0:
                     roots[m] = roots.get(m, 0) + 1
-                elif node in set(parents.tolist()):
+                elif node in inner:
                     types[m] = float(widths[node])
                 else:
                     species.add(m)

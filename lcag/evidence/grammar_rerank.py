@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lcag.decode import EXACT_MAX_LEAVES, top_k, tree_score
+from lcag.decode.scores import gather_node_scores
 from lcag.errors import InvalidInputError
 from lcag.evidence.grammar import DecayGrammar
 from lcag.evidence.topology_prior import known_scores
@@ -92,8 +93,7 @@ def candidates(
         sub_probs = probs[e][np.ix_(real, real)]
         sub_nodes = None
         if nodes is not None:
-            bits = [sum(1 << int(real[i]) for i in range(n) if s >> i & 1) for s in range(1 << n)]
-            sub_nodes = nodes[e][bits]
+            sub_nodes = gather_node_scores(nodes, np.array([e]), real[None])[0]
         found = top_k(sub_probs, k, node_scores=sub_nodes)
         trees = [M for M, _ in found]
         scores = [s for _, s in found]
