@@ -262,16 +262,18 @@ class DecayGrammar:
             beta[S] = message[R:] + self._log_line(float(mass[S]), float(sigma[S]))
         return -math.inf  # pragma: no cover - a tree has a root
 
-    def _log_line(self, m: float, sigma: float) -> np.ndarray:
-        """``(T,)`` ``log(2 pi x line shape)`` of each particle at mass ``m`` (in ``s``)."""
-        spread = max(2 * m * sigma, 1e-9 * max(m * m, 1.0))
+    def _log_line(self, m: np.ndarray | float, sigma: np.ndarray | float) -> np.ndarray:
+        """``(..., T)`` ``log(2 pi x line shape)`` of each particle at masses ``m (...)``
+        (in ``s``), the mass uncertainties ``sigma (...)`` propagated."""
+        m = np.asarray(m, dtype=np.float64)[..., None]
+        spread = np.maximum(2 * m * np.asarray(sigma)[..., None], 1e-9 * np.maximum(m * m, 1.0))
+        offset = m * m - self.types**2
         gamma = self.types * self.widths
         with np.errstate(divide="ignore"):
             if (gamma > 0).any():
-                density = voigt_profile(m * m - self.types**2, spread, np.maximum(gamma, 1e-12))
+                density = voigt_profile(offset, spread, np.maximum(gamma, 1e-12))
             else:
-                z = (m * m - self.types**2) / spread
-                density = np.exp(-0.5 * z * z) / (spread * math.sqrt(2 * math.pi))
+                density = np.exp(-0.5 * (offset / spread) ** 2) / (spread * math.sqrt(2 * math.pi))
             return np.log(2 * math.pi * density)
 
     def proposal_scores(
@@ -279,15 +281,13 @@ class DecayGrammar:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores that exact decoding can maximise, close to the grammar's: per leaf set
         ``(2^n,)`` the log of the particles' mean line shape (``2 pi``, in ``s``), and per
-        leaf set and number of children ``(2^n, K - 1)`` (``k = 2..K``, ``K`` the most
-        children seen) ``log P(k)`` minus the massless phase-space volume's log. For
+        leaf set and number of children ``(2^n, K)`` (column ``c``: ``c + 2`` children, ``K``
+        the most children seen) ``log P(k) + log k!`` minus the massless phase-space volume's
+        log, the last column (``K + 1`` or more) ``-inf``. For
         :func:`lcag.decode.top_k` with ``children_scores``: proposals to rerank with
         :meth:`log_likelihood`."""
         mass, sigma = masses if masses is not None else self.subset_masses(p)
-        lines = np.stack(
-            [self._log_line(float(m), float(s)) for m, s in zip(mass, sigma, strict=True)]
-        )
-        nodes = logsumexp(lines, axis=1) - math.log(len(self.types))
+        nodes = logsumexp(self._log_line(mass, sigma), axis=1) - math.log(len(self.types))
         ks = np.arange(2, self.log_count.shape[1])
         log_k = logsumexp(self.log_count[:, 2:], axis=0) - math.log(len(self.log_count))
         log_phase = log_massless_phase_space(mass, ks)
