@@ -1,22 +1,22 @@
-"""The learnt decay grammar as a reranker of the full method's best trees.
+"""The learnt decay grammar as a reranker of the full method's trees, as analyses get it.
 
 Run: ``python benchmarks/bench_grammar.py --ckpt runs/acc_real/tiny_transformer/best.ckpt
---data runs/acc_real/data [--candidates 5] [--val-events 500] [--test-events 2000]``
-(a checkpoint and data of ``bench_accuracy.py``).
+--data runs/acc_real/data [--val-events 300] [--test-events 1000] [--candidates 5]
+[--proposals 5]`` (a checkpoint and data of ``bench_accuracy.py``, with ``val_unknown``).
 
-The grammar (:class:`lcag.evidence.grammar.DecayGrammar`) is learnt from the training
-topologies of the data (the topology table's known topologies, the resolution from the
-manifest). Every event's candidates are the full method's ``--candidates`` best trees
-(``lcag.decode.top_k`` with the checkpoint's node evidence) and the trees of the training
-topologies over its leaves with their topology-prior bonus; the tree kept maximises
-``score + w * grammar log-likelihood`` (``score``: the full method's tree score, with the
-topology prior's bonus for trees of training topologies; ``w = 0`` is the full method).
-With ``--proposals P`` the grammar's own ``P`` best trees join the candidates
-(:meth:`DecayGrammar.proposal_scores`, exact decoding with children-count scores). Dividing
-the scores by the checkpoint's calibrated temperatures instead was tried: no better.
-``w`` is chosen on ``val`` and ``val_unknown`` (the
-mean of their perfect-tree rates); every ``w`` is printed with the test splits, ``w = 0``
-being the full method and ``inf`` the grammar alone among the candidates.
+What ``lcag fit`` does after training (:func:`lcag.callbacks.calibrate_checkpoint`), done
+here on a checkpoint as it is: the grammar (:class:`lcag.evidence.grammar.DecayGrammar`) is
+learnt from the data's training topologies and its reranking fitted on the first
+``--val-events`` of ``val`` and ``val_unknown`` (:meth:`lcag.Reconstructor.fit_rerank`): for
+events whose full-method tree is of no training topology, the candidates are the model's
+``--candidates`` best trees, the training-topology trees over the leaves and the grammar's
+``--proposals`` trees; the kept one maximises ``score + w x grammar``, ``w`` chosen on
+validation (the mean of the two splits' perfect-tree rates; ``inf``: the grammar alone), and
+its probability is calibrated over the candidates. Then ``Reconstructor.reconstruct`` runs
+on the first ``--test-events`` of ``test`` and ``test_unknown`` with and without the grammar:
+perfect-tree rates (<= 6 and <= 10 leaves), expected calibration error of the trees'
+probabilities (10 bins, :func:`lcag.evaluate.calibration`), the events reranked and the
+seconds per event. The weights tried and their validation scores are printed first.
 """
 
 from __future__ import annotations
@@ -26,101 +26,73 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lcag.data import LCAGDataset
-from lcag.evidence.calibration import labelled_batches
+from lcag.evaluate import calibration
 from lcag.evidence.grammar import DecayGrammar
-from lcag.evidence.grammar_rerank import Candidates
-from lcag.evidence.grammar_rerank import candidates as grammar_candidates
 from lcag.inference import Reconstructor
 
-WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, np.inf)
 
-
-def candidates(
-    reco: Reconstructor,
-    grammar: DecayGrammar,
-    data: Path,
-    split: str,
-    k: int,
-    limit: int | None,
-    proposals: int = 0,
-) -> list[tuple[int, np.ndarray, Candidates]]:
-    """Per event: leaf count, which candidates are the true tree ``(A,)`` bool, and the
-    candidates (:func:`lcag.evidence.grammar_rerank.candidates`)."""
+def events(data: Path, split: str, limit: int) -> list[dict]:
     dataset = LCAGDataset(data, split, max_events=limit)
-    events = dataset.__getitems__(range(len(dataset)))
-    rows = []
-    for n, x, mask, truth in tqdm(list(labelled_batches(events)), desc=split, leave=False):
-        for event, true in zip(
-            grammar_candidates(reco, grammar, x, mask, k, proposals), truth, strict=True
-        ):
-            rows.append((n, (event.trees == true).all(axis=(1, 2)), event))
-    return rows
+    return dataset.__getitems__(range(len(dataset)))
 
 
-def rate(rows: list, w: float, most: int = 10) -> float:
+def rates(reco: Reconstructor, found: list[dict], grammar: bool) -> dict[str, float]:
+    """Perfect-tree rates at <= 6 and <= 10 leaves, ECE, share reranked, seconds per event."""
+    start = time.perf_counter()
+    trees = reco.reconstruct([e["x"] for e in found], grammar=grammar)
+    seconds = (time.perf_counter() - start) / max(len(found), 1)
+    n = np.array([len(e["x"]) for e in found])
     right = []
-    for n, hits, event in rows:
-        if n <= most:
-            right.append(bool(hits[event.index(w)]))
-    return float(np.mean(right))
+    for event, tree in zip(found, trees, strict=True):
+        truth = event["target"].copy()
+        np.fill_diagonal(truth, 0)
+        right.append(np.array_equal(tree.lcag, truth))
+    right = np.array(right)
+    p = np.array([t.probability for t in trees])
+    small = n <= 10
+    return {
+        "<=6": float(right[n <= 6].mean()),
+        "<=10": float(right[small].mean()),
+        "ece": calibration(p[small], right[small])["ece"],
+        "reranked": float(np.mean([t.reranked for t in trees])),
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--candidates", type=int, default=5)
-    parser.add_argument(
-        "--proposals",
-        type=int,
-        default=0,
-        help="also the grammar's own best trees (proposal_scores)",
-    )
-    parser.add_argument("--val-events", type=int, default=500)
-    parser.add_argument("--test-events", type=int, default=2000)
+    parser.add_argument("--candidates", type=int, default=5, help="the model's best trees")
+    parser.add_argument("--proposals", type=int, default=5, help="the grammar's trees")
+    parser.add_argument("--val-events", type=int, default=300, help="of val and val_unknown")
+    parser.add_argument("--test-events", type=int, default=1000, help="of test, test_unknown")
     args = parser.parse_args()
     reco = Reconstructor.from_checkpoint(args.ckpt)
     grammar = DecayGrammar.from_dataset(args.data)
     start = time.perf_counter()
-    rows = {
-        split: candidates(reco, grammar, args.data, split, args.candidates, limit, args.proposals)
-        for split, limit in (
-            ("val", args.val_events),
-            ("val_unknown", args.val_events),
-            ("test", args.test_events),
-            ("test_unknown", args.test_events),
-        )
-    }
-    score = {w: (rate(rows["val"], w) + rate(rows["val_unknown"], w)) / 2 for w in WEIGHTS}
-    chosen = max(WEIGHTS, key=lambda w: (score[w], -w))
+    validation = [events(args.data, s, args.val_events) for s in ("val", "val_unknown")]
+    rerank = reco.fit_rerank(validation, grammar, args.candidates, args.proposals)
+    fitted = time.perf_counter() - start
+    coverage = ", ".join(f"{c:.2f}" for c in rerank.coverage[3:])
     print(
         f"# {args.ckpt}: {len(grammar.types)} particles, {len(grammar.species)} species learnt; "
-        f"{args.candidates} best trees + known trees per event; {time.perf_counter() - start:.0f} s"
+        f"fitted on {sum(map(len, validation))} validation events in {fitted:.0f} s: weight "
+        f"{rerank.weight:g}, temperature {rerank.temperature:.3g}, true tree among the "
+        f"candidates by leaf count (3..10) {coverage}"
     )
-    for split in ("test", "test_unknown"):
-        recall = np.mean([hits.any() for n, hits, _ in rows[split] if n <= 10])
-        print(
-            f"# {split}: {len(rows[split])} events, the true tree among the candidates {recall:.1%}"
-        )
-    print(
-        f"{'w':>5} {'val score':>9} {'known <=6':>10} {'known <=10':>11} {'unseen <=6':>11} "
-        f"{'unseen <=10':>12}"
-    )
-    for w in WEIGHTS:
-        cells = [
-            f"{rate(rows[s], w, cut):>{width}.1%}"
-            for s, cut, width in (
-                ("test", 6, 10),
-                ("test", 10, 11),
-                ("test_unknown", 6, 11),
-                ("test_unknown", 10, 12),
+    print(f"{'split':<13} {'method':<22} {'<=6':>6} {'<=10':>6} {'ECE':>6} {'reranked':>9} "
+          f"{'s/event':>8}")  # fmt: skip
+    for split, label in (("test", "known"), ("test_unknown", "unseen")):
+        found = events(args.data, split, args.test_events)
+        for grammar_on, method in ((False, "full method"), (True, "+ grammar rerank")):
+            r = rates(reco, found, grammar_on)
+            print(
+                f"{label:<13} {method:<22} {r['<=6']:>6.1%} {r['<=10']:>6.1%} {r['ece']:>6.3f} "
+                f"{r['reranked']:>9.1%} {r['seconds']:>8.3f}"
             )
-        ]
-        mark = " <- chosen on validation" if w == chosen else ""
-        print(f"{w:>5g} {score[w]:>9.3f} " + " ".join(cells) + mark)
 
 
 if __name__ == "__main__":

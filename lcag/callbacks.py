@@ -80,7 +80,7 @@ class TreeCalibration(pl.Callback):
 
 
 def calibrate_checkpoint(
-    path: str | Path, data_dir: str | Path, max_events: int = 1000
+    path: str | Path, data_dir: str | Path, max_events: int = 1000, grammar_events: int = 300
 ) -> np.ndarray:
     """Fit the tree temperatures (per leaf count, for trees of training topologies and for
     others: :meth:`lcag.Reconstructor.calibrate`) of checkpoint ``path`` on the
@@ -88,23 +88,53 @@ def calibrate_checkpoint(
     ``val_unknown`` split where it has one (topologies never trained on: the probabilities
     are then calibrated for a mix of known and unseen decays, not for known ones alone), and
     write them into the checkpoint (``tree_temperature``; the file is replaced atomically).
-    Returns them."""
+    With a topology prior and a dataset whose topologies carry masses, the decay grammar is
+    learnt from the training topologies and its reranking fitted on the first
+    ``grammar_events`` of each validation split (:meth:`lcag.Reconstructor.fit_rerank`; 0:
+    none), kept as ``grammar_rerank``. Returns the temperatures."""
     from lcag.checkpoints import load_checkpoint
     from lcag.data import LCAGDataset, read_manifest
     from lcag.inference import Reconstructor
 
     splits = [s for s in ("val", "val_unknown") if s in read_manifest(data_dir)["splits"]]
-    events = []
+    by_split = []
     for split in splits:
         dataset = LCAGDataset(data_dir, split, max_events=max_events)
-        events += dataset.__getitems__(range(len(dataset)))
-    temperature = Reconstructor.from_checkpoint(path).calibrate(events)
+        by_split.append(dataset.__getitems__(range(len(dataset))))
+    reco = Reconstructor.from_checkpoint(path)
+    temperature = reco.calibrate([e for events in by_split for e in events])
+    rerank = None
+    grammar = _grammar(data_dir) if grammar_events and reco.topology_log_odds > -np.inf else None
+    if grammar is not None:
+        rerank = reco.fit_rerank([events[:grammar_events] for events in by_split], grammar)
+        print(
+            f"decay grammar learnt ({len(grammar.types)} particles): weight {rerank.weight:g} "
+            "on validation for events whose tree is of no training topology"
+        )
     checkpoint = load_checkpoint(path)
     checkpoint["state_dict"]["tree_temperature"] = torch.from_numpy(temperature.copy())
+    if rerank is not None:
+        checkpoint["grammar_rerank"] = rerank.to_dict()
     partial = Path(f"{path}.calibrating")
     torch.save(checkpoint, partial)
     os.replace(partial, path)
     return temperature
+
+
+def _grammar(data_dir: str | Path) -> Any:
+    """The decay grammar of the dataset's training topologies, or ``None`` (printed why) when
+    its topologies carry no masses to learn from."""
+    from lcag.errors import LCAGError
+    from lcag.evidence.grammar import DecayGrammar
+
+    try:
+        grammar = DecayGrammar.from_dataset(data_dir)
+    except (LCAGError, KeyError, ValueError) as exc:
+        print(f"no decay grammar: the training topologies cannot give one ({exc})")
+        return None
+    if not len(grammar.types) and not len(grammar.roots):
+        return None
+    return grammar
 
 
 def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:
@@ -131,7 +161,14 @@ def results_tables(results: dict[str, Any], subsets: list[str]) -> list[Any]:
     return tables
 
 
-METHODS = ("perfect_argmax", "perfect_decoded", "perfect_prior", "perfect_nodes", "perfect_full")
+METHODS = (
+    "perfect_argmax",
+    "perfect_decoded",
+    "perfect_prior",
+    "perfect_nodes",
+    "perfect_full",
+    "perfect_grammar",
+)
 _LABELS = {
     "perfect_argmax": ("argmax", "each leaf pair's likeliest class on its own (may be no tree)"),
     "perfect_decoded": ("valid tree", "the likeliest decay tree from the pair scores alone"),
@@ -143,6 +180,11 @@ _LABELS = {
     "perfect_full": (
         "+ topology prior",
         "and trees of the training topologies favoured by the topology prior (the full method)",
+    ),
+    "perfect_grammar": (
+        "+ grammar",
+        "and events whose tree is of no training topology reranked by the decay grammar "
+        "learnt from the training topologies (what Reconstructor gives)",
     ),
 }
 

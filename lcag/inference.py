@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lcag.checkpoints import load_checkpoint
 from lcag.console import one_line
-from lcag.decode import decode, log_partition, tree_score
+from lcag.decode import EXACT_MAX_LEAVES, decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
 from lcag.decode.stages import decode_lcas
 from lcag.errors import CheckpointError, InvalidInputError
@@ -36,6 +36,7 @@ from lcag.events import as_padded
 from lcag.evidence.calibration import (
     events_by_size,
     fit_known_and_unseen,
+    labelled_batches,
     scaled,
     temperatures_for,
 )
@@ -55,6 +56,10 @@ from lcag.models.base import LCAGModel
 from lcag.stages import lcas_to_tree
 from lcag.training.lowrank import restore_low_rank
 from lcag.tree import DecayTree
+
+if TYPE_CHECKING:  # the grammar (scipy.special) loads on first use
+    from lcag.evidence.grammar import DecayGrammar
+    from lcag.evidence.grammar_rerank import Candidates, GrammarRerank
 
 __all__ = ["Reconstruction", "Reconstructor"]
 
@@ -83,6 +88,10 @@ class Reconstruction:
             ``Reconstructor.species_names``) from the particle-type head; ``None`` for a
             model without one.
         species_probs: ``(L, S)`` the head's species probabilities, or ``None``.
+        reranked: the tree was chosen by the checkpoint's decay grammar among the model's
+            and the grammar's candidates (:mod:`lcag.evidence.grammar_rerank`: events whose
+            full-method tree is of no training topology); ``probability`` and
+            ``alternatives`` are then among those candidates.
         target: ``"lcag"`` or ``"lcas"``, what ``lcag`` holds.
         in_tree: ``(k,)`` the event leaves inside the decay tree (all of them unless
             background leaves were set aside), on first access.
@@ -99,6 +108,7 @@ class Reconstruction:
     known_topology: bool | None = None
     species: np.ndarray | None = None
     species_probs: np.ndarray | None = None
+    reranked: bool = False
     target: str = "lcag"
 
     @cached_property
@@ -148,6 +158,11 @@ class Reconstructor:
             exactly); ``None``: the evidence's, chosen on validation (``-inf``, off, for
             checkpoints without it). Used with node evidence, for LCAG models decoded
             without background.
+        rerank: the decay grammar's reranking of events whose tree is of no training
+            topology (:class:`lcag.evidence.grammar_rerank.GrammarRerank`, fitted on
+            validation by :meth:`fit_rerank`; stored in checkpoints by
+            :class:`lcag.callbacks.TreeCalibration`), or ``None``. Used with the topology
+            prior.
     """
 
     def __init__(
@@ -168,6 +183,7 @@ class Reconstructor:
         species_names: Sequence[str] | None = None,
         features: Sequence[str] | None = None,
         topology_log_odds: float | None = None,
+        rerank: GrammarRerank | None = None,
     ) -> None:
         if target not in ("lcag", "lcas"):
             raise CheckpointError(f"target = {target!r}: expected 'lcag' or 'lcas'")
@@ -196,6 +212,7 @@ class Reconstructor:
             self.evidence = None
         self.type_head = None if type_head is None else type_head.to(self.device).eval()
         self.species_names = _species_names(type_head, species_names)
+        self.rerank = rerank
 
     @property
     def node_weight(self) -> float:
@@ -250,6 +267,7 @@ class Reconstructor:
             target=str(hparams.get("target", "lcag")),
             type_head=type_head,
             features=(checkpoint.get("datamodule_hyper_parameters") or {}).get("features"),
+            rerank=_stored_rerank(checkpoint.get("grammar_rerank"), path),
         )
 
     def _run(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -385,6 +403,112 @@ class Reconstructor:
         self.temperature = fit_known_and_unseen(groups, known)
         return self.temperature
 
+    def fit_rerank(
+        self,
+        splits: list[list[dict[str, Any]]],
+        grammar: DecayGrammar,
+        k: int = 5,
+        proposals: int = 5,
+    ) -> GrammarRerank:
+        """Fit the decay grammar's reranking on validation events and keep it.
+
+        Args:
+            splits: per validation split (``val``, and ``val_unknown`` where the data has
+                it), events with known trees (as for :meth:`calibrate`); its weight maximises
+                the mean of the splits' perfect-tree rates.
+            grammar: the decay grammar (:meth:`DecayGrammar.from_dataset`).
+            k, proposals: the model's and the grammar's candidate trees per event.
+
+        Returns:
+            The reranking (:class:`lcag.evidence.grammar_rerank.GrammarRerank`; weight 0 when
+            the grammar does not help on validation, or the topology prior is off).
+        """
+        from lcag.evidence.grammar_rerank import GrammarRerank
+
+        chosen, totals = [], []
+        for events in splits:
+            mine: list[tuple[int, Candidates, np.ndarray]] = []
+            total = 0
+            for n, x, mask, truth in labelled_batches(events):
+                total += len(x)
+                probs, nodes = self._run(x, mask)
+                found = self._rerank_candidates(x, probs, mask, nodes, k, proposals, grammar)
+                for e, c in found.items():
+                    mine.append((n, c, (c.trees == truth[e]).all(axis=(1, 2))))
+            chosen.append(mine)
+            totals.append(total)
+        self.rerank = GrammarRerank.fit(grammar, chosen, totals, k, proposals)
+        return self.rerank
+
+    def _rerank_candidates(
+        self,
+        x: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        k: int,
+        proposals: int,
+        grammar: DecayGrammar | None = None,
+        prior: tuple[list[np.ndarray], np.ndarray] | None = None,
+    ) -> dict[int, Candidates]:
+        """The grammar's candidates (:func:`lcag.evidence.grammar_rerank.event_candidates`)
+        of the events ``x (N, L, F)`` whose full-method tree is of no training topology
+        and that have 3 to ``EXACT_MAX_LEAVES`` leaves, by event index; none without the
+        topology prior (which tells the kinds apart)."""
+        from lcag.evidence.grammar_rerank import batch_candidates
+
+        grammar = grammar if grammar is not None else self.rerank.grammar
+        if prior is None:
+            prior = self._topology_prior(x, mask, probs.shape[-1])
+        if prior is None:
+            return {}
+        decoded = self.decode(probs, mask, nodes, x=x, prior=prior)
+        n_leaves = mask.sum(1)
+        wanted = (n_leaves >= 3) & (n_leaves <= EXACT_MAX_LEAVES)
+        if wanted.any():
+            wanted[wanted] = ~self.known_topology(decoded[wanted], x[wanted], mask[wanted])
+        return batch_candidates(probs, mask, nodes, x, prior, wanted, grammar, k, proposals)
+
+    def apply_rerank(
+        self,
+        x: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        decoded: np.ndarray,
+        prior: tuple[list[np.ndarray], np.ndarray] | None = None,
+        top_k: int = 1,
+    ) -> dict[int, tuple[float, list[tuple[np.ndarray, float]]]]:
+        """Rerank with the checkpoint's decay grammar (:attr:`rerank`) the events whose
+        full-method tree ``decoded (N, L, L)`` is of no training topology, in place.
+
+        Args:
+            x: ``(N, L, F)`` leaves; ``probs (N, L, L, C)``, ``mask (N, L)`` and weighted node
+                scores ``(N, 2^L)`` (or ``None``) as the model gave them.
+            decoded: the full method's trees (:meth:`decode` with ``x``); reranked events get
+                the kept candidate.
+            prior: the topology prior's known trees and bonus, when already listed.
+            top_k: alternatives to return per reranked event.
+
+        Returns:
+            Per reranked event index: the kept tree's probability among the candidates and
+            the ``top_k`` best candidates ``(n, n)`` with theirs (empty for ``top_k = 1``).
+            Nothing without a reranking of weight above 0.
+        """
+        if self.rerank is None or self.rerank.weight <= 0:
+            return {}
+        found = self._rerank_candidates(
+            x, probs, mask, nodes, self.rerank.k, self.rerank.proposals, prior=prior
+        )
+        reranked = {}
+        for e, candidates in found.items():
+            kept, p = self.rerank.rerank(candidates, int(mask[e].sum()))
+            real = np.flatnonzero(mask[e])
+            decoded[e][np.ix_(real, real)] = candidates.trees[kept]
+            order = np.argsort(-p, kind="stable")[:top_k] if top_k > 1 else []
+            reranked[e] = (float(p[kept]), [(candidates.trees[a], float(p[a])) for a in order])
+        return reranked
+
     def known_topology(self, lcag: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Whether each tree ``lcag (N, L, L)`` over leaves ``x (N, L, F)``, ``mask (N, L)`` is
         of a training topology, ``(N,)`` bool (all ``True`` for a model without a catalogue)."""
@@ -514,6 +638,7 @@ class Reconstructor:
         method: str = "auto",
         node_evidence: bool = True,
         top_k: int = 1,
+        grammar: bool = True,
     ) -> list[Reconstruction]:
         """Reconstruct the decay tree of every event.
 
@@ -528,6 +653,9 @@ class Reconstructor:
                 pairs alone.
             top_k: also return the ``top_k`` most probable trees (``Reconstruction.
                 alternatives``), exactly up to ``EXACT_MAX_LEAVES`` leaves.
+            grammar: rerank the events whose tree is of no training topology with the
+                checkpoint's decay grammar (:attr:`rerank`, where it has one with a
+                weight above 0; with node evidence only); ``False``: the full method alone.
 
         Returns:
             One :class:`Reconstruction` per event, in order.
@@ -548,13 +676,19 @@ class Reconstructor:
             events = order[start : start + batch_size]
             size = max(int(mask[events].sum(1).max()), 1)
             found = self._reconstruct_batch(
-                x[events, :size], mask[events, :size], method, node_evidence, top_k
+                x[events, :size], mask[events, :size], method, node_evidence, top_k, grammar
             )
             out.update(zip(events.tolist(), found, strict=True))
         return [out[i] for i in range(len(x))]
 
     def _reconstruct_batch(
-        self, x: np.ndarray, mask: np.ndarray, method: str, node_evidence: bool, top_k: int
+        self,
+        x: np.ndarray,
+        mask: np.ndarray,
+        method: str,
+        node_evidence: bool,
+        top_k: int,
+        grammar: bool = True,
     ) -> list[Reconstruction]:
         """:meth:`reconstruct` of one batch ``x (N, L, F)``, ``mask (N, L)``."""
         probs, nodes, species = self.outputs(x, mask)
@@ -562,6 +696,9 @@ class Reconstructor:
         leaves = x if node_evidence else None  # the topology prior goes with node evidence
         prior = self._topology_prior(leaves, mask, probs.shape[-1])
         decoded = self.decode(probs, mask, nodes, method, x=leaves, prior=prior)
+        reranked = {}
+        if grammar and prior is not None:
+            reranked = self.apply_rerank(x, probs, mask, nodes, decoded, prior, top_k)
         scores = tree_score(decoded, probs, mask, node_scores=nodes)
         lcag = self.target == "lcag"
         known = self.known_topology(decoded, x, mask) if lcag else np.ones(len(x), dtype=bool)
@@ -575,7 +712,7 @@ class Reconstructor:
             probability = np.exp(np.minimum(hot + np.where(known, hot_bonus, 0.0) - log_z, 0.0))
             if top_k > 1:
                 best = self._top_k(x, probs, mask, nodes, top_k, prior)
-        found = []
+        out = []
         for k in range(len(x)):
             real = np.flatnonzero(mask[k])
             alternatives: tuple[tuple[np.ndarray, float], ...] = ()
@@ -593,8 +730,10 @@ class Reconstructor:
                     )
                     for M, is_known in best[k]
                 )
+            if k in reranked:
+                probability[k], alternatives = reranked[k][0], tuple(reranked[k][1])
             leaf_species = None if species is None else species[k][real]
-            found.append(
+            out.append(
                 Reconstruction(
                     lcag=decoded[k][np.ix_(real, real)],
                     probs=probs[k][np.ix_(real, real)],
@@ -604,10 +743,11 @@ class Reconstructor:
                     known_topology=bool(known[k]) if lcag and self.catalogue.fitted else None,
                     species=None if leaf_species is None else leaf_species.argmax(-1),
                     species_probs=leaf_species,
+                    reranked=k in reranked,
                     target=self.target,
                 )
             )
-        return found
+        return out
 
 
 def _objects(arrays: list[np.ndarray]) -> np.ndarray:
@@ -636,3 +776,15 @@ def _species_names(head: torch.nn.Module | None, names: Sequence[str] | None) ->
     if len(names) != count:
         raise CheckpointError(f"species_names: {len(names)} names for {count} classes")
     return tuple(names)
+
+
+def _stored_rerank(data: dict[str, Any] | None, path: str | Path) -> GrammarRerank | None:
+    """The checkpoint's grammar reranking (``grammar_rerank``), or ``None``."""
+    if not data:
+        return None
+    from lcag.evidence.grammar_rerank import GrammarRerank
+
+    try:
+        return GrammarRerank.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: grammar_rerank is malformed ({one_line(exc)})") from None

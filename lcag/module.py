@@ -197,11 +197,15 @@ class LCAGModule(pl.LightningModule):
                         "perfect_full": PerfectTreeRate(max_leaves),
                         "perfect_nodes": PerfectTreeRate(max_leaves),
                         "perfect_prior": PerfectTreeRate(max_leaves),
+                        "perfect_grammar": PerfectTreeRate(max_leaves),
                     }
                 )
                 for subset in ("train", *VAL_SUBSETS, *TEST_SUBSETS)
             }
         )
+        # the decay grammar's reranking, fitted after training (lcag.callbacks.TreeCalibration)
+        # and read back from the checkpoint: lcag.evidence.grammar_rerank.GrammarRerank
+        self.grammar_rerank: Any = None
         self.evidence = NodeEvidence(
             node_evidence,
             model.leaf_dim,
@@ -315,13 +319,17 @@ class LCAGModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         restore_low_rank(self, checkpoint["state_dict"])  # OIALR's factorised layers
+        self.grammar_rerank = _rerank_of(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what the checkpoint is (``lcag info``): the lcag version, the training data
-        (from the data module's manifest) and the validation figures of these weights."""
+        (from the data module's manifest) and the validation figures of these weights; keep
+        the decay grammar's reranking where the module has one."""
         from lcag.export.info import training_facts
 
         checkpoint["lcag_info"] = training_facts(self)
+        if self.grammar_rerank is not None:
+            checkpoint["grammar_rerank"] = self.grammar_rerank.to_dict()
 
     # -------------------------------------------------------------------------- steps
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -471,14 +479,60 @@ class LCAGModule(pl.LightningModule):
                     metrics_at[weight, share, b].update(trees, target, n_leaves)
             return
         weight, share = float(self.evidence.weight), float(self.evidence.head_share)
-        with_prior, without = decoded(
-            weight, share, [float(self.evidence.topology_log_odds), -math.inf]
-        )
+        log_odds = float(self.evidence.topology_log_odds)
+        with_prior, without = decoded(weight, share, [log_odds, -math.inf])
         metrics["perfect_full"].update(with_prior, target, n_leaves)
+        rerank = self.grammar_rerank
+        if rerank is not None and rerank.weight > 0 and known is not None:
+            nodes = None
+            if full is not None and weight != 0:
+                nodes = weight * (full if prior is None else blend(prior, full, share))
+            trees = self._reranked(
+                with_prior.cpu().numpy(), probs, mask_np, nodes, batch["x"], known, log_odds
+            )
+            metrics["perfect_grammar"].update(
+                torch.from_numpy(trees).to(logits.device), target, n_leaves
+            )
         metrics["perfect_nodes"].update(without, target, n_leaves)
         if prior is not None:  # the mass prior alone, for comparison
             best = decoded(float(self.evidence.prior_weight), 0.0, [-math.inf])[0]
             metrics["perfect_prior"].update(best, target, n_leaves)
+
+    def _reranked(
+        self,
+        trees: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        x: torch.Tensor,
+        known: list[np.ndarray],
+        log_odds: float,
+    ) -> np.ndarray:
+        """The full method's trees ``(B, L, L)`` with the events whose tree is of no training
+        topology (3 to ``EXACT_MAX_LEAVES`` leaves) reranked by the decay grammar
+        (:mod:`lcag.evidence.grammar_rerank`), as :meth:`lcag.Reconstructor.reconstruct`
+        does."""
+        from lcag.evidence.grammar_rerank import batch_candidates
+
+        rerank = self.grammar_rerank
+        leaves = x.cpu().numpy()
+        n_leaves = mask.sum(1)
+        wanted = (n_leaves >= 3) & (n_leaves <= EXACT_MAX_LEAVES)
+        if wanted.any():
+            wanted[wanted] = ~self._catalogue[1].contains(
+                trees[wanted], leaves[wanted], mask[wanted]
+            )
+        counts = np.array([len(k) for k in known])
+        bonus = known_bonus(log_odds, n_leaves, counts, self.n_classes - 1)
+        found = batch_candidates(
+            probs, mask, nodes, leaves, (known, bonus), wanted, rerank.grammar, rerank.k,
+            rerank.proposals,
+        )  # fmt: skip
+        out = trees.copy()
+        for e, candidates in found.items():
+            real = np.flatnonzero(mask[e])
+            out[e][np.ix_(real, real)] = candidates.best(rerank.weight)
+        return out
 
     def _known_trees(self, x: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray] | None:
         """The trees of training topologies over each event's leaves (``None`` where the
@@ -624,6 +678,8 @@ class LCAGModule(pl.LightningModule):
                 names += ["perfect_decoded", "perfect_nodes", "perfect_full"]
                 if self.evidence.head is not None:
                     names.insert(-2, "perfect_prior")
+                if subset in TEST_SUBSETS and _events(metrics["perfect_grammar"]) > 0:
+                    names.append("perfect_grammar")
         for name, k in (chosen or {}).items():
             metrics[name] = self.weight_metrics[subset][k]
         values = {f"{subset}/{name}": metrics[name].compute() for name in names}
@@ -761,6 +817,7 @@ class LCAGModule(pl.LightningModule):
         state = upgrade_state_dict(checkpoint["state_dict"])
         restore_low_rank(module, state)  # OIALR's factorised layers, from their shapes
         module.load_state_dict(state)
+        module.grammar_rerank = _rerank_of(checkpoint)
         return module.eval()
 
 
@@ -775,6 +832,17 @@ class _WarmupCosine:
             return (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _rerank_of(checkpoint: dict[str, Any]) -> Any:
+    """The checkpoint's decay-grammar reranking
+    (:class:`lcag.evidence.grammar_rerank.GrammarRerank`), or ``None``."""
+    data = checkpoint.get("grammar_rerank")
+    if not data:
+        return None
+    from lcag.evidence.grammar_rerank import GrammarRerank
+
+    return GrammarRerank.from_dict(data)
 
 
 def _events(metric: PerfectTreeRate) -> int:

@@ -20,10 +20,11 @@ LABELS = {
     "decoded": "model, valid tree (pairs only)",
     "nodes": "model, valid tree + node evidence",
     "full": "model, full method (+ topology prior)",
+    "grammar": "model, + decay grammar rerank",
     "baseline": "invariant-mass baseline",
 }
 
-COLORS = ("tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red")
+COLORS = ("tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:red")
 
 
 def _pyplot() -> Any:

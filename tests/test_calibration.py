@@ -83,15 +83,20 @@ def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_p
 
     path = tmp_path / "model.ckpt"
     shutil.copy(checkpoint, path)
-    temperature = calibrate_checkpoint(path, tiny_data, max_events=200)
+    temperature = calibrate_checkpoint(path, tiny_data, max_events=200, grammar_events=100)
     assert temperature.shape == (2, 11)  # trees of training topologies, and others
+    from lcag.module import LCAGModule
+
+    rerank = LCAGModule.from_checkpoint(path).grammar_rerank  # the decay grammar, learnt
+    assert rerank is not None and len(rerank.grammar.types) > 0
+    assert Reconstructor.from_checkpoint(path).rerank.weight == rerank.weight
     assert np.any(temperature != 1.0)
     before, after = Reconstructor.from_checkpoint(checkpoint), Reconstructor.from_checkpoint(path)
     np.testing.assert_allclose(after.temperature, temperature)
     events = [e["x"] for e in LCAGDataset(tiny_data, "test").__getitems__(range(0, 600, 30))]
     for reco in (before, after):  # pair scores alone: node evidence can make every tree certain
         reco.evidence.weight.fill_(0.0)
-    old, new = before.reconstruct(events), after.reconstruct(events)
+    old, new = before.reconstruct(events), after.reconstruct(events, grammar=False)
     for a, b in zip(old, new, strict=True):
         np.testing.assert_array_equal(a.lcag, b.lcag)  # the trees do not change
     assert any(abs(a.probability - b.probability) > 1e-6 for a, b in zip(old, new, strict=True))

@@ -121,3 +121,12 @@ def test_bad_children_scores_are_named():
         decode(probs, children_scores=np.full((8, 2), np.nan))
     with pytest.raises(InvalidInputError, match="exact decoding only"):
         decode(probs, children_scores=np.zeros((8, 2)), method="approx")
+
+
+def test_when_no_tree_scores_above_minus_infinity_the_flat_tree_comes_back():
+    probs = np.full((4, 4, 5), 0.2)
+    kids = np.full((16, 3), -np.inf)
+    assert log_partition(probs, children_scores=kids) == -np.inf
+    flat = decode(probs, children_scores=kids)
+    assert is_valid_lcag(flat)
+    np.testing.assert_array_equal(flat, 1 - np.eye(4, dtype=np.int64))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -250,3 +251,28 @@ def test_testing_reports_known_and_unseen_topologies(checkpoint, tiny_data, tmp_
         by_size = results[subset]["by_size"]["perfect_decoded"]
         assert sum(n for _, n in by_size.values()) == results[subset]["events"]
     assert "unseen topologies" in capsys.readouterr().out
+
+
+def test_testing_reports_the_grammar_rerank_as_analyses_get_it(checkpoint, tiny_data, tmp_path):
+    from lcag import Reconstructor
+    from lcag.callbacks import ResultsTable
+    from lcag.data import LCAGDataset
+    from lcag.evidence.grammar import DecayGrammar
+    from lcag.evidence.grammar_rerank import GrammarRerank
+
+    module = LCAGModule.from_checkpoint(checkpoint)
+    rerank = GrammarRerank(DecayGrammar.from_dataset(tiny_data), weight=np.inf, k=3, proposals=2)
+    module.grammar_rerank = rerank
+    dm = LCAGDataModule(str(tiny_data), eval_batch_size=256)
+    table = ResultsTable(path=str(tmp_path / "results.json"))
+    trainer(tmp_path, callbacks=[table]).test(module, dm)
+    results = json.loads((tmp_path / "results.json").read_text())
+    reco = Reconstructor.from_checkpoint(checkpoint)
+    reco.rerank = rerank
+    for subset, split in (("test", "test"), ("test_unseen", "test_unknown")):
+        assert "perfect_grammar" in results[subset]["by_size"]
+        events = LCAGDataset(tiny_data, split).__getitems__(range(results[subset]["events"]))
+        found = reco.reconstruct([e["x"] for e in events])
+        right = [np.array_equal(r.lcag, e["target"] * (1 - np.eye(len(e["x"]), dtype=int)))
+                 for r, e in zip(found, events, strict=True)]  # fmt: skip
+        assert results[subset]["perfect_grammar"] == pytest.approx(np.mean(right))

@@ -198,6 +198,9 @@ def _children_kernel(
         for h in range(2, H1):
             if F[h, top] > F[root_h, top]:
                 root_h = h
+        if F[root_h, top] == neg:  # no tree scores above -inf: every one is as good
+            fill_pairs(out[e], top, 1, n)
+            continue
         # Backtrack: each stack entry is an inner node (set, height); its blocks are walked
         # from F's X split, then in A- or P1-mode, with the count state of the rest.
         stack_set[0], stack_h[0] = top, root_h

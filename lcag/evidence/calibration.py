@@ -16,7 +16,7 @@ model is mostly right, one for the others, where its pair scores are often confi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "fit_known_and_unseen",
     "fit_temperature",
     "fit_temperatures",
+    "golden_max",
     "labelled_batches",
     "scaled",
     "temperatures_for",
@@ -108,21 +109,28 @@ def fit_temperature(
     groups = [g for g in groups if len(g[0]) and g[1].shape[1] <= EXACT_MAX_LEAVES]
     if not groups:
         return 1.0
-    golden = (math.sqrt(5) - 1) / 2
     low, high = (math.log(b) for b in T_BOUNDS)
+    best = golden_max(lambda log_t: tree_log_likelihood(groups, math.exp(log_t)), low, high,
+                      iterations)  # fmt: skip
+    return float(math.exp(best))
+
+
+def golden_max(f: Callable[[float], float], low: float, high: float, iterations: int) -> float:
+    """The argument in ``[low, high]`` maximising a unimodal ``f``, by golden-section search
+    (``iterations`` narrowing steps; the middle of the last bracket)."""
+    golden = (math.sqrt(5) - 1) / 2
     a, b = high - golden * (high - low), low + golden * (high - low)
-    fa = tree_log_likelihood(groups, math.exp(a))
-    fb = tree_log_likelihood(groups, math.exp(b))
+    fa, fb = f(a), f(b)
     for _ in range(iterations):
         if fa >= fb:
             high, b, fb = b, a, fa
             a = high - golden * (high - low)
-            fa = tree_log_likelihood(groups, math.exp(a))
+            fa = f(a)
         else:
             low, a, fa = a, b, fb
             b = low + golden * (high - low)
-            fb = tree_log_likelihood(groups, math.exp(b))
-    return float(math.exp((low + high) / 2))
+            fb = f(b)
+    return (low + high) / 2
 
 
 def fit_temperatures(

@@ -280,7 +280,8 @@ class DecayGrammar:
         self, p: np.ndarray, masses: tuple[np.ndarray, np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores that exact decoding can maximise, close to the grammar's: per leaf set
-        ``(2^n,)`` the log of the particles' mean line shape (``2 pi``, in ``s``), and per
+        ``(2^n,)`` the log of the particles' mean line shape (``2 pi``, in ``s``; the whole
+        set, the root, 0), and per
         leaf set and number of children ``(2^n, K)`` (column ``c``: ``c + 2`` children, ``K``
         the most children seen) ``log P(k) + log k!`` minus the massless phase-space volume's
         log, the last column (``K + 1`` or more) ``-inf``. For
@@ -288,6 +289,7 @@ class DecayGrammar:
         :meth:`log_likelihood`."""
         mass, sigma = masses if masses is not None else self.subset_masses(p)
         nodes = logsumexp(self._log_line(mass, sigma), axis=1) - math.log(len(self.types))
+        nodes[-1] = 0.0  # the root, in every tree, is no intermediate particle
         ks = np.arange(2, self.log_count.shape[1])
         log_k = logsumexp(self.log_count[:, 2:], axis=0) - math.log(len(self.log_count))
         log_phase = log_massless_phase_space(mass, ks)

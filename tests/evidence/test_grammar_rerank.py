@@ -16,10 +16,10 @@ from lcag.inference import Reconstructor
 
 @pytest.fixture(scope="module")
 def batch(tiny_data):
-    """60 test_unknown events of one leaf count: ``x (N, n, F)``, ``mask``."""
+    """60 test_unknown events of one leaf count, at least 3: ``x (N, n, F)``, ``mask``."""
     dataset = LCAGDataset(tiny_data, "test_unknown", max_events=400)
     groups = events_by_size(dataset.__getitems__(range(len(dataset))))
-    n, group = max(groups.items(), key=lambda item: len(item[1]))
+    n, group = max(((n, g) for n, g in groups.items() if n >= 3), key=lambda item: len(item[1]))
     group = group[:60]
     x = np.stack([e["x"] for e in group]).astype(np.float32)
     return x, np.ones((len(group), n), dtype=bool)
@@ -46,3 +46,75 @@ def test_events_above_the_exact_limit_are_refused(checkpoint, tiny_data):
     x = np.zeros((1, 11, reco.feature_mean.shape[-1]), dtype=np.float32)
     with pytest.raises(InvalidInputError, match="at most 10 leaves"):
         candidates(reco, grammar, x, np.ones((1, 11), dtype=bool))
+
+
+def test_duplicate_candidates_are_kept_once_at_their_best_score(checkpoint, tiny_data, batch):
+    reco = Reconstructor.from_checkpoint(checkpoint)
+    grammar = DecayGrammar.from_dataset(tiny_data)
+    x, mask = batch
+    for event in candidates(reco, grammar, x[:20], mask[:20], k=4, proposals=4):
+        keys = {M.tobytes() for M in event.trees}
+        assert len(keys) == len(event.trees)
+        assert event.known.shape == event.scores.shape
+        p = event.probabilities(2.0, 3.0, 0.8)
+        np.testing.assert_allclose(p.sum(), 0.8)
+        assert np.argmax(p) == event.index(2.0)  # a temperature changes no ranking
+
+
+def _splits(tiny_data, events=150):
+    out = []
+    for split in ("val", "val_unknown"):
+        dataset = LCAGDataset(tiny_data, split, max_events=events)
+        out.append(dataset.__getitems__(range(len(dataset))))
+    return out
+
+
+def test_the_fitted_rerank_survives_a_round_trip(checkpoint, tiny_data):
+    import json
+
+    from lcag.evidence.grammar_rerank import WEIGHTS, GrammarRerank
+
+    reco = Reconstructor.from_checkpoint(checkpoint)
+    grammar = DecayGrammar.from_dataset(tiny_data)
+    rerank = reco.fit_rerank(_splits(tiny_data), grammar, k=3, proposals=2)
+    assert reco.rerank is rerank
+    assert rerank.weight in WEIGHTS
+    assert rerank.temperature > 0
+    assert np.all((rerank.coverage >= 0) & (rerank.coverage <= 1))
+    back = GrammarRerank.from_dict(json.loads(json.dumps(rerank.to_dict())))
+    assert (back.weight, back.temperature, back.k, back.proposals) == (
+        rerank.weight, rerank.temperature, 3, 2,
+    )  # fmt: skip
+    np.testing.assert_array_equal(back.coverage, rerank.coverage)
+    np.testing.assert_array_equal(back.grammar.log_child, rerank.grammar.log_child)
+
+
+def test_reconstruct_reranks_only_trees_of_no_training_topology(checkpoint, tiny_data, batch):
+    from lcag.evidence.grammar_rerank import GrammarRerank
+
+    reco = Reconstructor.from_checkpoint(checkpoint)
+    grammar = DecayGrammar.from_dataset(tiny_data)
+    x, mask = batch
+    plain = reco.reconstruct(x, mask, top_k=3)
+    reco.rerank = GrammarRerank(grammar, weight=np.inf, temperature=2.0, k=3, proposals=2)
+    reco.rerank.coverage[:] = 0.7
+    found = reco.reconstruct(x, mask, top_k=3)
+    probs, nodes, _ = reco.outputs(x, mask)
+    own = candidates(reco, grammar, x, mask, k=3, proposals=2)
+    assert any(r.reranked for r in found)
+    for before, after, event in zip(plain, found, own, strict=True):
+        assert all(is_valid_lcag(M) for M, _ in after.alternatives)
+        if event.full_is_known:  # the full method's tree stays, with its probability
+            assert not after.reranked
+            np.testing.assert_array_equal(after.lcag, before.lcag)
+            assert after.probability == before.probability
+            continue
+        assert after.reranked
+        np.testing.assert_array_equal(after.lcag, event.best(np.inf))
+        p = [q for _, q in after.alternatives]
+        assert p == sorted(p, reverse=True) and sum(p) <= 0.7 + 1e-9
+        np.testing.assert_array_equal(after.alternatives[0][0], after.lcag)
+        assert after.probability == p[0]
+    again = reco.reconstruct(x, mask, top_k=3, grammar=False)  # the full method alone
+    for before, after in zip(plain, again, strict=True):
+        np.testing.assert_array_equal(after.lcag, before.lcag)
