@@ -76,12 +76,11 @@ def main() -> None:
     validation = [events(args.data, s, args.val_events) for s in ("val", "val_unknown")]
     rerank = reco.fit_rerank(validation, grammar, args.candidates, args.proposals)
     fitted = time.perf_counter() - start
-    coverage = ", ".join(f"{c:.2f}" for c in rerank.coverage[3:])
     print(
         f"# {args.ckpt}: {len(grammar.types)} particles, {len(grammar.species)} species learnt; "
         f"fitted on {sum(map(len, validation))} validation events in {fitted:.0f} s: weight "
-        f"{rerank.weight:g}, temperature {rerank.temperature:.3g}, true tree among the "
-        f"candidates by leaf count (3..10) {coverage}"
+        f"{rerank.weight:g}, temperature {rerank.temperature:.3g}, probability "
+        f"sigmoid({rerank.slope:.3g} logit(q) {rerank.offset:+.3g})"
     )
     print(f"{'split':<13} {'method':<22} {'<=6':>6} {'<=10':>6} {'ECE':>6} {'reranked':>9} "
           f"{'s/event':>8}")  # fmt: skip

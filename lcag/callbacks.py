@@ -80,7 +80,10 @@ class TreeCalibration(pl.Callback):
 
 
 def calibrate_checkpoint(
-    path: str | Path, data_dir: str | Path, max_events: int = 1000, grammar_events: int = 300
+    path: str | Path,
+    data_dir: str | Path,
+    max_events: int = 1000,
+    grammar_events: int | None = None,
 ) -> np.ndarray:
     """Fit the tree temperatures (per leaf count, for trees of training topologies and for
     others: :meth:`lcag.Reconstructor.calibrate`) of checkpoint ``path`` on the
@@ -89,9 +92,10 @@ def calibrate_checkpoint(
     are then calibrated for a mix of known and unseen decays, not for known ones alone), and
     write them into the checkpoint (``tree_temperature``; the file is replaced atomically).
     With a topology prior and a dataset whose topologies carry masses, the decay grammar is
-    learnt from the training topologies and its reranking fitted on the first
-    ``grammar_events`` of each validation split (:meth:`lcag.Reconstructor.fit_rerank`; 0:
-    none), kept as ``grammar_rerank``. Returns the temperatures."""
+    learnt from the training topologies and its reranking fitted on the same events (the
+    first ``grammar_events`` of each split where given; 0: none;
+    :meth:`lcag.Reconstructor.fit_rerank`), kept as ``grammar_rerank``. Returns the
+    temperatures."""
     from lcag.checkpoints import load_checkpoint
     from lcag.data import LCAGDataset, read_manifest
     from lcag.inference import Reconstructor
@@ -104,7 +108,8 @@ def calibrate_checkpoint(
     reco = Reconstructor.from_checkpoint(path)
     temperature = reco.calibrate([e for events in by_split for e in events])
     rerank = None
-    grammar = _grammar(data_dir) if grammar_events and reco.topology_log_odds > -np.inf else None
+    wanted = grammar_events != 0 and reco.topology_log_odds > -np.inf
+    grammar = _grammar(data_dir) if wanted else None
     if grammar is not None:
         rerank = reco.fit_rerank([events[:grammar_events] for events in by_split], grammar)
         print(

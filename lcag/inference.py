@@ -427,14 +427,14 @@ class Reconstructor:
 
         chosen, totals = [], []
         for events in splits:
-            mine: list[tuple[int, Candidates, np.ndarray]] = []
+            mine: list[tuple[Candidates, np.ndarray]] = []
             total = 0
-            for n, x, mask, truth in labelled_batches(events):
+            for _, x, mask, truth in labelled_batches(events):
                 total += len(x)
                 probs, nodes = self._run(x, mask)
                 found = self._rerank_candidates(x, probs, mask, nodes, k, proposals, grammar)
                 for e, c in found.items():
-                    mine.append((n, c, (c.trees == truth[e]).all(axis=(1, 2))))
+                    mine.append((c, (c.trees == truth[e]).all(axis=(1, 2))))
             chosen.append(mine)
             totals.append(total)
         self.rerank = GrammarRerank.fit(grammar, chosen, totals, k, proposals)
@@ -502,7 +502,7 @@ class Reconstructor:
         )
         reranked = {}
         for e, candidates in found.items():
-            kept, p = self.rerank.rerank(candidates, int(mask[e].sum()))
+            kept, p = self.rerank.rerank(candidates)
             real = np.flatnonzero(mask[e])
             decoded[e][np.ix_(real, real)] = candidates.trees[kept]
             order = np.argsort(-p, kind="stable")[:top_k] if top_k > 1 else []

@@ -26,7 +26,7 @@ def test_unknown_probabilities_are_left_out():
 def test_report_holds_the_full_method_and_its_reliability(checkpoint, tiny_data, tmp_path):
     report = evaluate(checkpoint, tiny_data, ["test"], tmp_path, max_events=120)
     known = report["splits"]["test"]
-    assert set(known["overall"]) == {"argmax", "decoded", "nodes", "full", "baseline"}
+    assert set(known["overall"]) == {"argmax", "decoded", "nodes", "full", "grammar", "baseline"}
     assert known["calibration"]["events"] == 120
     assert 0.0 <= known["calibration"]["ece"] <= 1.0
     assert (tmp_path / "reliability.png").stat().st_size > 0
@@ -88,7 +88,8 @@ def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_p
     from lcag.module import LCAGModule
 
     rerank = LCAGModule.from_checkpoint(path).grammar_rerank  # the decay grammar, learnt
-    assert rerank is not None and len(rerank.grammar.types) > 0
+    assert rerank is not None
+    assert len(rerank.grammar.types) > 0
     assert Reconstructor.from_checkpoint(path).rerank.weight == rerank.weight
     assert np.any(temperature != 1.0)
     before, after = Reconstructor.from_checkpoint(checkpoint), Reconstructor.from_checkpoint(path)

@@ -14,22 +14,26 @@ tree).
 :class:`GrammarRerank` is what a checkpoint keeps: the grammar, ``w_other`` (``w_known`` is 0:
 trees of training topologies stay as the full method decodes them), and the calibration of
 the reranked trees' probabilities. The grammar's likelihood sums over no tree space that the
-decoder can enumerate, so a reranked tree's probability is taken over the candidates:
+decoder can enumerate, so a reranked tree's probability starts from the candidates:
+``q = softmax((score + w * grammar) / t)``, ``t`` fitted (maximum likelihood) on the
+validation events whose true tree is a candidate, then mapped by logistic (Platt) scaling,
 
-    P(T) = c_n * softmax_T((score + w * grammar) / t),
+    P(T) = sigmoid(a * logit(q_T) + b),
 
-``c_n`` the fraction of validation events of ``n`` leaves whose true tree is among the
-candidates, ``t`` fitted (maximum likelihood) on those whose true tree is. The alternatives of a
-reranked event are its candidates, best first, with these probabilities.
+``a, b`` fitted on every validation event reranked (the kept tree right or not); the true
+tree is often no candidate (30-50 % of unseen events with 8-10 leaves), which ``b`` absorbs.
+The alternatives of a reranked event are its candidates, best first, with these
+probabilities (divided by their sum where it exceeds 1).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.special import expit
 
 from lcag.decode import EXACT_MAX_LEAVES, top_k, tree_score
 from lcag.decode.scores import gather_node_scores
@@ -58,8 +62,6 @@ UNMADE = -1e12  # the log-likelihood a tree the grammar cannot make counts as
 Weight = float | tuple[float, float]  # one weight, or (events with a known tree, the others)
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, math.inf)  # the grammar weights tried on validation
-
-MIN_EVENTS_PER_SIZE = 50  # fewer validation events of a leaf count: the pooled coverage
 
 
 @dataclass
@@ -106,12 +108,11 @@ class Candidates:
         """``(n, n)`` the kept tree (:meth:`index`)."""
         return self.trees[self.index(weight)]
 
-    def probabilities(self, weight: Weight, temperature: float, coverage: float) -> np.ndarray:
-        """``(A,)`` each candidate's probability, ``coverage * softmax(combined / t)``."""
+    def softmax(self, weight: Weight, temperature: float) -> np.ndarray:
+        """``(A,)`` ``softmax(combined / t)`` over the candidates."""
         z = self.combined(weight) / temperature
-        z = z - z.max()
-        p = np.exp(z)
-        return coverage * p / p.sum()
+        p = np.exp(z - z.max())
+        return p / p.sum()
 
 
 def event_candidates(
@@ -271,15 +272,16 @@ class GrammarRerank:
     Attributes:
         grammar: the decay grammar learnt from the training topologies.
         weight: the grammar's weight ``w`` (chosen on validation; 0: off).
-        temperature: ``t`` of the candidates' probabilities.
-        coverage: ``(EXACT_MAX_LEAVES + 1,)`` ``c_n``, by leaf count.
+        temperature: ``t`` of the candidates' softmax.
+        slope, offset: ``a, b`` of the logistic map to probabilities.
         k: the model's best trees per event; ``proposals``: the grammar's.
     """
 
     grammar: DecayGrammar
     weight: float = 0.0
     temperature: float = 1.0
-    coverage: np.ndarray = field(default_factory=lambda: np.ones(EXACT_MAX_LEAVES + 1))
+    slope: float = 1.0
+    offset: float = 0.0
     k: int = 5
     proposals: int = 5
 
@@ -287,17 +289,23 @@ class GrammarRerank:
         """Whether events of ``n_leaves`` are reranked."""
         return self.weight > 0 and 3 <= n_leaves <= EXACT_MAX_LEAVES
 
-    def rerank(self, found: Candidates, n_leaves: int) -> tuple[int, np.ndarray]:
+    def probabilities(self, found: Candidates) -> np.ndarray:
+        """``(A,)`` each candidate's calibrated probability (module docstring)."""
+        q = np.clip(found.softmax(self.weight, self.temperature), 1e-300, 1.0)
+        with np.errstate(divide="ignore"):
+            logit = np.log(q) - np.log1p(-q)
+        p = expit(self.slope * logit + self.offset)
+        return p / max(1.0, float(p.sum()))
+
+    def rerank(self, found: Candidates) -> tuple[int, np.ndarray]:
         """The kept candidate's index and every candidate's probability ``(A,)``."""
-        coverage = float(self.coverage[min(n_leaves, len(self.coverage) - 1)])
-        p = found.probabilities(self.weight, self.temperature, coverage)
-        return found.index(self.weight), p
+        return found.index(self.weight), self.probabilities(found)
 
     @classmethod
     def fit(
         cls,
         grammar: DecayGrammar,
-        splits: list[list[tuple[int, Candidates, bool]]],
+        splits: list[list[tuple[Candidates, np.ndarray]]],
         totals: list[int],
         k: int = 5,
         proposals: int = 5,
@@ -307,8 +315,8 @@ class GrammarRerank:
         Args:
             grammar: the decay grammar.
             splits: per validation split (``val``, ``val_unknown``), its events whose
-                full-method tree is of no training topology, as ``(leaf count, candidates,
-                whether the true tree is each candidate (A,) bool)``.
+                full-method tree is of no training topology, as ``(candidates, whether the
+                true tree is each candidate (A,) bool)``.
             totals: each split's number of events (all kinds): the weight maximises the mean
                 of the splits' perfect-tree rates, the smallest of equals kept.
             k, proposals: as the candidates were made.
@@ -316,7 +324,7 @@ class GrammarRerank:
 
         def rate(w: float) -> float:
             return sum(
-                sum(bool(hits[c.index(w)]) for _, c, hits in events) / max(total, 1)
+                sum(bool(hits[c.index(w)]) for c, hits in events) / max(total, 1)
                 for events, total in zip(splits, totals, strict=True)
             ) / max(len(splits), 1)
 
@@ -324,23 +332,19 @@ class GrammarRerank:
         gains = {w: rate(w) - base for w in WEIGHTS[1:]}
         weight = max(gains, key=lambda w: (gains[w], -w))
         if gains[weight] <= 0:
-            weight = 0.0
+            return cls(grammar, 0.0, k=k, proposals=proposals)
         events = [e for split in splits for e in split]
-        covered = [(n, c, hits) for n, c, hits in events if hits.any()]
-        coverage = np.ones(EXACT_MAX_LEAVES + 1)
-        if events:
-            pooled = len(covered) / len(events)
-            coverage[:] = pooled
-            for n in {n for n, _, _ in events}:
-                mine = [hits.any() for m, _, hits in events if m == n]
-                if len(mine) >= MIN_EVENTS_PER_SIZE:
-                    coverage[n] = float(np.mean(mine))
-        temperature = 1.0
-        if covered and weight > 0:
-            temperature = _fit_temperature(
-                [(c.combined(weight), int(np.argmax(hits))) for _, c, hits in covered]
-            )
-        return cls(grammar, weight, temperature, coverage, k, proposals)
+        covered = [(c.combined(weight), int(np.argmax(hits))) for c, hits in events if hits.any()]
+        temperature = _fit_temperature(covered) if covered else 1.0
+        out = cls(grammar, weight, temperature, k=k, proposals=proposals)
+        logits, right = [], []
+        for c, hits in events:
+            kept = c.index(weight)
+            q = float(np.clip(c.softmax(weight, temperature)[kept], 1e-12, 1 - 1e-12))
+            logits.append(math.log(q / (1 - q)))
+            right.append(bool(hits[kept]))
+        out.slope, out.offset = _fit_logistic(np.array(logits), np.array(right))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (checkpoints)."""
@@ -348,7 +352,8 @@ class GrammarRerank:
             "grammar": self.grammar.to_dict(),
             "weight": float(self.weight) if math.isfinite(self.weight) else 1e300,
             "temperature": float(self.temperature),
-            "coverage": [float(c) for c in self.coverage],
+            "slope": float(self.slope),
+            "offset": float(self.offset),
             "k": int(self.k),
             "proposals": int(self.proposals),
         }
@@ -360,10 +365,29 @@ class GrammarRerank:
             DecayGrammar.from_dict(data["grammar"]),
             math.inf if weight >= 1e299 else weight,
             float(data["temperature"]),
-            np.asarray(data["coverage"], dtype=np.float64),
+            float(data["slope"]),
+            float(data["offset"]),
             int(data["k"]),
             int(data["proposals"]),
         )
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[float, float]:
+    """``(a, b)`` of ``P(y) = sigmoid(a x + b)`` by maximum likelihood (Newton steps, a small
+    ridge ``l2`` so that separable events stay finite); ``(1, 0)`` for fewer than 2 events or
+    one outcome only."""
+    if len(x) < 2 or y.all() or not y.any():
+        return 1.0, 0.0
+    X = np.stack([x, np.ones_like(x)], axis=1)
+    w = np.zeros(2)
+    for _ in range(50):
+        p = expit(X @ w)
+        hessian = X.T @ (X * (p * (1 - p))[:, None]) + l2 * np.eye(2)
+        step = np.linalg.solve(hessian, X.T @ (p - y) + l2 * w)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
 
 
 def _fit_temperature(events: list[tuple[np.ndarray, int]], iterations: int = 30) -> float:

@@ -56,9 +56,9 @@ def test_duplicate_candidates_are_kept_once_at_their_best_score(checkpoint, tiny
         keys = {M.tobytes() for M in event.trees}
         assert len(keys) == len(event.trees)
         assert event.known.shape == event.scores.shape
-        p = event.probabilities(2.0, 3.0, 0.8)
-        np.testing.assert_allclose(p.sum(), 0.8)
-        assert np.argmax(p) == event.index(2.0)  # a temperature changes no ranking
+        q = event.softmax(2.0, 3.0)
+        np.testing.assert_allclose(q.sum(), 1.0)
+        assert np.argmax(q) == event.index(2.0)  # a temperature changes no ranking
 
 
 def _splits(tiny_data, events=150):
@@ -80,12 +80,10 @@ def test_the_fitted_rerank_survives_a_round_trip(checkpoint, tiny_data):
     assert reco.rerank is rerank
     assert rerank.weight in WEIGHTS
     assert rerank.temperature > 0
-    assert np.all((rerank.coverage >= 0) & (rerank.coverage <= 1))
     back = GrammarRerank.from_dict(json.loads(json.dumps(rerank.to_dict())))
-    assert (back.weight, back.temperature, back.k, back.proposals) == (
-        rerank.weight, rerank.temperature, 3, 2,
-    )  # fmt: skip
-    np.testing.assert_array_equal(back.coverage, rerank.coverage)
+    fields = ("weight", "temperature", "slope", "offset", "k", "proposals")
+    assert [getattr(back, f) for f in fields] == [getattr(rerank, f) for f in fields]
+    assert (back.k, back.proposals) == (3, 2)
     np.testing.assert_array_equal(back.grammar.log_child, rerank.grammar.log_child)
 
 
@@ -96,10 +94,10 @@ def test_reconstruct_reranks_only_trees_of_no_training_topology(checkpoint, tiny
     grammar = DecayGrammar.from_dataset(tiny_data)
     x, mask = batch
     plain = reco.reconstruct(x, mask, top_k=3)
-    reco.rerank = GrammarRerank(grammar, weight=np.inf, temperature=2.0, k=3, proposals=2)
-    reco.rerank.coverage[:] = 0.7
+    reco.rerank = GrammarRerank(
+        grammar, weight=np.inf, temperature=2.0, slope=1.5, offset=-0.5, k=3, proposals=2
+    )
     found = reco.reconstruct(x, mask, top_k=3)
-    probs, nodes, _ = reco.outputs(x, mask)
     own = candidates(reco, grammar, x, mask, k=3, proposals=2)
     assert any(r.reranked for r in found)
     for before, after, event in zip(plain, found, own, strict=True):
@@ -112,9 +110,34 @@ def test_reconstruct_reranks_only_trees_of_no_training_topology(checkpoint, tiny
         assert after.reranked
         np.testing.assert_array_equal(after.lcag, event.best(np.inf))
         p = [q for _, q in after.alternatives]
-        assert p == sorted(p, reverse=True) and sum(p) <= 0.7 + 1e-9
+        assert p == sorted(p, reverse=True)
+        assert sum(p) <= 1 + 1e-9
         np.testing.assert_array_equal(after.alternatives[0][0], after.lcag)
         assert after.probability == p[0]
     again = reco.reconstruct(x, mask, top_k=3, grammar=False)  # the full method alone
     for before, after in zip(plain, again, strict=True):
         np.testing.assert_array_equal(after.lcag, before.lcag)
+
+
+def test_logistic_calibration_recovers_known_parameters():
+    from lcag.evidence.grammar_rerank import _fit_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 2.0, 20_000)
+    y = rng.random(20_000) < 1.0 / (1.0 + np.exp(-(1.7 * x - 0.4)))
+    a, b = _fit_logistic(x, y)
+    assert abs(a - 1.7) < 0.1
+    assert abs(b + 0.4) < 0.1
+    assert _fit_logistic(x[:5], np.ones(5, dtype=bool)) == (1.0, 0.0)  # one outcome only
+
+
+def test_candidate_probabilities_never_sum_above_one(tiny_data):
+    from lcag.evidence.grammar_rerank import Candidates, GrammarRerank
+
+    rerank = GrammarRerank(DecayGrammar.from_dataset(tiny_data), 1.0, 1.0, slope=0.3, offset=2.0)
+    found = Candidates(
+        np.zeros((6, 3, 3), dtype=np.int64), np.zeros(6), np.arange(6.0), np.zeros(6, bool)
+    )
+    p = rerank.probabilities(found)
+    assert p.sum() <= 1 + 1e-12
+    assert np.all(np.diff(p) > 0)
