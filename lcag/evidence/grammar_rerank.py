@@ -275,6 +275,8 @@ class GrammarRerank:
         temperature: ``t`` of the candidates' softmax.
         slope, offset: ``a, b`` of the logistic map to probabilities.
         k: the model's best trees per event; ``proposals``: the grammar's.
+        recall: the share of validation events reranked whose true tree was a candidate
+            (what bounds the rerank; for the record).
     """
 
     grammar: DecayGrammar
@@ -284,6 +286,7 @@ class GrammarRerank:
     offset: float = 0.0
     k: int = 5
     proposals: int = 5
+    recall: float = math.nan
 
     def applies(self, n_leaves: int) -> bool:
         """Whether events of ``n_leaves`` are reranked."""
@@ -336,7 +339,8 @@ class GrammarRerank:
         events = [e for split in splits for e in split]
         covered = [(c.combined(weight), int(np.argmax(hits))) for c, hits in events if hits.any()]
         temperature = _fit_temperature(covered) if covered else 1.0
-        out = cls(grammar, weight, temperature, k=k, proposals=proposals)
+        recall = len(covered) / len(events)
+        out = cls(grammar, weight, temperature, k=k, proposals=proposals, recall=recall)
         logits, right = [], []
         for c, hits in events:
             kept = c.index(weight)
@@ -356,6 +360,7 @@ class GrammarRerank:
             "offset": float(self.offset),
             "k": int(self.k),
             "proposals": int(self.proposals),
+            "recall": float(self.recall),
         }
 
     @classmethod
@@ -369,6 +374,7 @@ class GrammarRerank:
             float(data["offset"]),
             int(data["k"]),
             int(data["proposals"]),
+            float(data.get("recall", math.nan)),
         )
 
 

@@ -84,6 +84,7 @@ def test_the_fitted_rerank_survives_a_round_trip(checkpoint, tiny_data):
     fields = ("weight", "temperature", "slope", "offset", "k", "proposals")
     assert [getattr(back, f) for f in fields] == [getattr(rerank, f) for f in fields]
     assert (back.k, back.proposals) == (3, 2)
+    np.testing.assert_equal(back.recall, rerank.recall)  # nan where the grammar is off
     np.testing.assert_array_equal(back.grammar.log_child, rerank.grammar.log_child)
 
 
