@@ -91,6 +91,9 @@ def test_calibration_is_written_into_the_checkpoint(checkpoint, tiny_data, tmp_p
     assert rerank is not None
     assert len(rerank.grammar.types) > 0
     assert Reconstructor.from_checkpoint(path).rerank.weight == rerank.weight
+    from lcag.export.info import format_facts, read_facts
+
+    assert "decay grammar" in format_facts(read_facts(path))  # lcag info says so
     assert np.any(temperature != 1.0)
     before, after = Reconstructor.from_checkpoint(checkpoint), Reconstructor.from_checkpoint(path)
     np.testing.assert_allclose(after.temperature, temperature)

@@ -175,6 +175,18 @@ def _best_scores(checkpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _rerank_facts(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The decay grammar's reranking (``lcag.evidence.grammar_rerank``): its particles and
+    weight (``inf``: the grammar alone), or ``None``."""
+    if not data:
+        return None
+    weight = float(data.get("weight", 0.0))
+    return {
+        "particles": len(data.get("grammar", {}).get("types", [])),
+        "weight": "inf" if weight >= 1e299 else weight,
+    }
+
+
 def _prior_facts(state: Mapping[str, Any]) -> dict[str, int] | None:
     """The mass prior's size (bins, leaf species, stored (composition, bin) pairs), if any."""
     edges = state.get("evidence.mass_prior_edges")
@@ -251,6 +263,7 @@ def checkpoint_facts(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
             },
             # one per leaf count (entry n for n leaves, larger events the last), or one number
             "tree_temperature": state.get("tree_temperature", 1.0),
+            "grammar_rerank": _rerank_facts(checkpoint.get("grammar_rerank")),
             "data": data,
             "validation": validation,
             "best": _best_scores(checkpoint),
@@ -414,6 +427,12 @@ def format_facts(facts: Mapping[str, Any]) -> str:
                                     "pairs"))  # fmt: skip
     if facts.get("tree_temperature") is not None:
         lines.append(("tree temperature", _temperatures(facts["tree_temperature"])))
+    rerank = facts.get("grammar_rerank")
+    if rerank:
+        weight = rerank["weight"]
+        state = "off (no gain on validation)" if not weight else f"weight {_number(weight)}"
+        lines.append(("decay grammar", f"{rerank['particles']} particles, {state}; reranks "
+                                       "trees of no training topology"))  # fmt: skip
     export = facts.get("export")
     if export:
         digest = str(export.get("checkpoint_sha256", ""))[:16]
