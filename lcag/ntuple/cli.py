@@ -18,6 +18,9 @@ Per entry (event) the output holds, in the input's order, input files one after 
 - ``known_topology`` (int8): 1 when the tree, its leaves labelled by species, has the shape of
   a training topology, 0 when not (its probability is calibrated for such trees apart), -1
   for a model trained before training topologies were catalogued;
+- ``reranked`` (int8): 1 when the checkpoint's decay grammar chose the tree among the model's
+  and its own candidates (a tree of no training topology; ``probability`` is then among those
+  candidates), else 0;
 - ``species`` (jagged int32, one per leaf), only for a model with a particle-type head:
   each leaf's most probable species (``Reconstructor.species_names``);
 - the ``--carry`` branches, unchanged.
@@ -56,7 +59,9 @@ __all__ = [
 ]
 
 PROG = "lcag-reconstruct"
-OUTPUT_BRANCHES = ("n_leaves", "lcag", "parent", "score", "probability", "known_topology")
+OUTPUT_BRANCHES = (
+    "n_leaves", "lcag", "parent", "score", "probability", "known_topology", "reranked",
+)  # fmt: skip
 OPTIONAL_OUTPUTS = ("species",)  # with a particle-type head
 JAGGED_OUTPUTS = ("lcag", "parent", "species")
 DEFAULT_STEP = 10_000
@@ -84,7 +89,8 @@ def reconstruct_chunk(
     """One chunk's output branches (:data:`OUTPUT_BRANCHES`), by ``reco.reconstruct``.
 
     Returns:
-        ``{"n_leaves", "score", "probability", "known_topology"}`` as numpy arrays,
+        ``{"n_leaves", "score", "probability", "known_topology", "reranked"}`` as numpy
+        arrays,
         ``{"lcag", "parent"}`` (and ``"species"`` with a type head) as jagged awkward arrays,
         one entry per event of the chunk.
     """
@@ -106,6 +112,7 @@ def reconstruct_chunk(
         dtype=np.int8,
         count=len(results),
     )
+    reranked = np.fromiter((r.reranked for r in results), dtype=np.int8, count=len(results))
     flat = [r.lcag.ravel() for r in results]
     lcag = np.concatenate(flat).astype(np.int32) if flat else np.zeros(0, dtype=np.int32)
     if reco.target == "lcag" and not reco.background:
@@ -120,6 +127,7 @@ def reconstruct_chunk(
         "score": score,
         "probability": probability,
         "known_topology": known,
+        "reranked": reranked,
     }
     if reco.type_head is not None:
         species = [r.species.astype(np.int32) for r in results]

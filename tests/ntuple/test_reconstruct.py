@@ -89,6 +89,7 @@ def assert_same_as_reconstructor(out: ak.Array, expected: list[lcag.Reconstructi
         assert row["score"] == want.score
         assert row["probability"] == want.probability
         assert row["known_topology"] == int(want.known_topology)  # the fixture's is catalogued
+        assert row["reranked"] == int(want.reranked)
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -112,7 +113,7 @@ def test_root_round_trip(tmp_path, checkpoint, reco, events, capsys):
         assert tree.classname == "TTree"
         assert set(tree.keys()) == {
             "n_leaves", "n_lcag", "lcag", "n_parent", "parent", "score", "probability",
-            "known_topology", "event", "run", "n_weight", "weight",
+            "known_topology", "reranked", "event", "run", "n_weight", "weight",
         }  # fmt: skip
         assert tree.typenames()["event"] == "int64_t"
         assert tree.typenames()["run"] == "int32_t"
@@ -133,10 +134,11 @@ def test_parquet_round_trip_in_small_chunks(tmp_path, checkpoint, reco, events):
         expected += reco.reconstruct(events[start : start + step])
     assert_same_as_reconstructor(result, expected)
     assert result.fields == ["n_leaves", "lcag", "parent", "score", "probability",
-                             "known_topology", "event", "weight"]  # fmt: skip
+                             "known_topology", "reranked", "event", "weight"]  # fmt: skip
     assert str(result.type.content) == (
         "{n_leaves: int32, lcag: var * int32, parent: var * int32, score: float64, "
-        "probability: float64, known_topology: int8, event: int64, weight: var * float64}"
+        "probability: float64, known_topology: int8, reranked: int8, event: int64, "
+        "weight: var * float64}"
     )
     np.testing.assert_array_equal(result["event"], data["event"])
     assert ak.all(result["weight"] == data["weight"])
