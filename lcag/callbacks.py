@@ -112,10 +112,15 @@ def calibrate_checkpoint(
     grammar = _grammar(data_dir) if wanted else None
     if grammar is not None:
         rerank = reco.fit_rerank([events[:grammar_events] for events in by_split], grammar)
-        print(
-            f"decay grammar learnt ({len(grammar.types)} particles): weight {rerank.weight:g} "
-            "on validation for events whose tree is of no training topology"
-        )
+        learnt = f"decay grammar learnt from the training topologies ({len(grammar.types)} particles)"
+        if rerank.weight > 0:
+            alone = " (the grammar alone)" if rerank.weight == np.inf else ""
+            print(
+                f"{learnt}: reranks events whose tree is of no training topology, weight "
+                f"{rerank.weight:g}{alone} chosen on validation"
+            )
+        else:
+            print(f"{learnt}: off, it did not help on validation")
     checkpoint = load_checkpoint(path)
     checkpoint["state_dict"]["tree_temperature"] = torch.from_numpy(temperature.copy())
     if rerank is not None:
