@@ -112,7 +112,7 @@ def calibrate_checkpoint(
     grammar = _grammar(data_dir) if wanted else None
     if grammar is not None:
         rerank = reco.fit_rerank([events[:grammar_events] for events in by_split], grammar)
-        learnt = f"decay grammar learnt from the training topologies ({len(grammar.types)} particles)"
+        learnt = f"decay grammar learnt from {len(grammar.types)} training particles"
         if rerank.weight > 0:
             alone = " (the grammar alone)" if rerank.weight == np.inf else ""
             print(
