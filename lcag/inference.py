@@ -59,7 +59,8 @@ from lcag.tree import DecayTree
 
 if TYPE_CHECKING:  # the grammar (scipy.special) loads on first use
     from lcag.evidence.grammar import DecayGrammar
-    from lcag.evidence.grammar_rerank import Candidates, GrammarRerank
+    from lcag.evidence.grammar_candidates import Candidates
+    from lcag.evidence.grammar_rerank import GrammarRerank
 
 __all__ = ["Reconstruction", "Reconstructor"]
 
@@ -455,7 +456,7 @@ class Reconstructor:
         of the events ``x (N, L, F)`` whose full-method tree is of no training topology
         and that have 3 to ``EXACT_MAX_LEAVES`` leaves, by event index; none without the
         topology prior (which tells the kinds apart)."""
-        from lcag.evidence.grammar_rerank import batch_candidates
+        from lcag.evidence.grammar_candidates import batch_candidates
 
         grammar = grammar if grammar is not None else self.rerank.grammar
         if prior is None:

@@ -512,7 +512,7 @@ class LCAGModule(pl.LightningModule):
         topology (3 to ``EXACT_MAX_LEAVES`` leaves) reranked by the decay grammar
         (:mod:`lcag.evidence.grammar_rerank`), as :meth:`lcag.Reconstructor.reconstruct`
         does."""
-        from lcag.evidence.grammar_rerank import batch_candidates
+        from lcag.evidence.grammar_candidates import batch_candidates
 
         rerank = self.grammar_rerank
         leaves = x.cpu().numpy()

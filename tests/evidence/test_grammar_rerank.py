@@ -10,7 +10,7 @@ from lcag.data import LCAGDataset
 from lcag.errors import InvalidInputError
 from lcag.evidence.calibration import events_by_size
 from lcag.evidence.grammar import DecayGrammar
-from lcag.evidence.grammar_rerank import candidates, choose
+from lcag.evidence.grammar_candidates import candidates, choose
 from lcag.inference import Reconstructor
 
 
@@ -133,7 +133,8 @@ def test_logistic_calibration_recovers_known_parameters():
 
 
 def test_candidate_probabilities_never_sum_above_one(tiny_data):
-    from lcag.evidence.grammar_rerank import Candidates, GrammarRerank
+    from lcag.evidence.grammar_candidates import Candidates
+    from lcag.evidence.grammar_rerank import GrammarRerank
 
     rerank = GrammarRerank(DecayGrammar.from_dataset(tiny_data), 1.0, 1.0, slope=0.3, offset=2.0)
     found = Candidates(
