@@ -28,7 +28,7 @@ import torch
 
 from lcag.checkpoints import load_checkpoint
 from lcag.console import one_line
-from lcag.decode import EXACT_MAX_LEAVES, decode, log_partition, tree_score
+from lcag.decode import decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
 from lcag.decode.stages import decode_lcas
 from lcag.errors import CheckpointError, InvalidInputError
@@ -424,7 +424,8 @@ class Reconstructor:
             The reranking (:class:`lcag.evidence.grammar_rerank.GrammarRerank`; weight 0 when
             the grammar does not help on validation, or the topology prior is off).
         """
-        from lcag.evidence.grammar_rerank import GrammarRerank
+        from lcag.evidence.grammar_candidates import batch_candidates
+        from lcag.evidence.grammar_rerank import GrammarRerank, reranked_events
 
         chosen, totals = [], []
         for events in splits:
@@ -433,42 +434,21 @@ class Reconstructor:
             for _, x, mask, truth in labelled_batches(events):
                 total += len(x)
                 probs, nodes = self._run(x, mask)
-                found = self._rerank_candidates(x, probs, mask, nodes, k, proposals, grammar)
+                prior = self._topology_prior(x, mask, probs.shape[-1])
+                if prior is None:  # the kinds of tree cannot be told apart: no reranking
+                    continue
+                decoded = self.decode(probs, mask, nodes, x=x, prior=prior)
+                other = ~self.known_topology(decoded, x, mask)
+                found = batch_candidates(
+                    probs, mask, nodes, x, prior, reranked_events(mask, other), grammar, k,
+                    proposals,
+                )  # fmt: skip
                 for e, c in found.items():
                     mine.append((c, (c.trees == truth[e]).all(axis=(1, 2))))
             chosen.append(mine)
             totals.append(total)
         self.rerank = GrammarRerank.fit(grammar, chosen, totals, k, proposals)
         return self.rerank
-
-    def _rerank_candidates(
-        self,
-        x: np.ndarray,
-        probs: np.ndarray,
-        mask: np.ndarray,
-        nodes: np.ndarray | None,
-        k: int,
-        proposals: int,
-        grammar: DecayGrammar | None = None,
-        prior: tuple[list[np.ndarray], np.ndarray] | None = None,
-    ) -> dict[int, Candidates]:
-        """The grammar's candidates (:func:`lcag.evidence.grammar_rerank.event_candidates`)
-        of the events ``x (N, L, F)`` whose full-method tree is of no training topology
-        and that have 3 to ``EXACT_MAX_LEAVES`` leaves, by event index; none without the
-        topology prior (which tells the kinds apart)."""
-        from lcag.evidence.grammar_candidates import batch_candidates
-
-        grammar = grammar if grammar is not None else self.rerank.grammar
-        if prior is None:
-            prior = self._topology_prior(x, mask, probs.shape[-1])
-        if prior is None:
-            return {}
-        decoded = self.decode(probs, mask, nodes, x=x, prior=prior)
-        n_leaves = mask.sum(1)
-        wanted = (n_leaves >= 3) & (n_leaves <= EXACT_MAX_LEAVES)
-        if wanted.any():
-            wanted[wanted] = ~self.known_topology(decoded[wanted], x[wanted], mask[wanted])
-        return batch_candidates(probs, mask, nodes, x, prior, wanted, grammar, k, proposals)
 
     def apply_rerank(
         self,
@@ -480,35 +460,31 @@ class Reconstructor:
         prior: tuple[list[np.ndarray], np.ndarray] | None = None,
         top_k: int = 1,
     ) -> dict[int, tuple[float, list[tuple[np.ndarray, float]]]]:
-        """Rerank with the checkpoint's decay grammar (:attr:`rerank`) the events whose
-        full-method tree ``decoded (N, L, L)`` is of no training topology, in place.
+        """Rerank with the checkpoint's decay grammar (:attr:`rerank`,
+        :meth:`lcag.evidence.grammar_rerank.GrammarRerank.apply`) the events whose
+        full-method tree ``decoded (N, L, L)`` (:meth:`decode` with ``x``) is of no training
+        topology, in place.
 
         Args:
             x: ``(N, L, F)`` leaves; ``probs (N, L, L, C)``, ``mask (N, L)`` and weighted node
                 scores ``(N, 2^L)`` (or ``None``) as the model gave them.
-            decoded: the full method's trees (:meth:`decode` with ``x``); reranked events get
-                the kept candidate.
+            decoded: the full method's trees; reranked events get the kept candidate.
             prior: the topology prior's known trees and bonus, when already listed.
             top_k: alternatives to return per reranked event.
 
         Returns:
             Per reranked event index: the kept tree's probability among the candidates and
-            the ``top_k`` best candidates ``(n, n)`` with theirs (empty for ``top_k = 1``).
-            Nothing without a reranking of weight above 0.
+            the ``top_k`` best candidates with theirs. Nothing without a reranking of weight
+            above 0 or without the topology prior.
         """
         if self.rerank is None or self.rerank.weight <= 0:
             return {}
-        found = self._rerank_candidates(
-            x, probs, mask, nodes, self.rerank.k, self.rerank.proposals, prior=prior
-        )
-        reranked = {}
-        for e, candidates in found.items():
-            kept, p = self.rerank.rerank(candidates)
-            real = np.flatnonzero(mask[e])
-            decoded[e][np.ix_(real, real)] = candidates.trees[kept]
-            order = np.argsort(-p, kind="stable")[:top_k] if top_k > 1 else []
-            reranked[e] = (float(p[kept]), [(candidates.trees[a], float(p[a])) for a in order])
-        return reranked
+        if prior is None:
+            prior = self._topology_prior(x, mask, probs.shape[-1])
+        if prior is None:
+            return {}
+        other = ~self.known_topology(decoded, x, mask)
+        return self.rerank.apply(decoded, probs, mask, nodes, x, prior, other, top_k)
 
     def known_topology(self, lcag: np.ndarray, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Whether each tree ``lcag (N, L, L)`` over leaves ``x (N, L, F)``, ``mask (N, L)`` is

@@ -509,29 +509,15 @@ class LCAGModule(pl.LightningModule):
         log_odds: float,
     ) -> np.ndarray:
         """The full method's trees ``(B, L, L)`` with the events whose tree is of no training
-        topology (3 to ``EXACT_MAX_LEAVES`` leaves) reranked by the decay grammar
-        (:mod:`lcag.evidence.grammar_rerank`), as :meth:`lcag.Reconstructor.reconstruct`
-        does."""
-        from lcag.evidence.grammar_candidates import batch_candidates
-
-        rerank = self.grammar_rerank
+        topology reranked by the decay grammar
+        (:meth:`lcag.evidence.grammar_rerank.GrammarRerank.apply`), as
+        :meth:`lcag.Reconstructor.reconstruct` does."""
         leaves = x.cpu().numpy()
-        n_leaves = mask.sum(1)
-        wanted = (n_leaves >= 3) & (n_leaves <= EXACT_MAX_LEAVES)
-        if wanted.any():
-            wanted[wanted] = ~self._catalogue[1].contains(
-                trees[wanted], leaves[wanted], mask[wanted]
-            )
+        other = ~self._catalogue[1].contains(trees, leaves, mask)
         counts = np.array([len(k) for k in known])
-        bonus = known_bonus(log_odds, n_leaves, counts, self.n_classes - 1)
-        found = batch_candidates(
-            probs, mask, nodes, leaves, (known, bonus), wanted, rerank.grammar, rerank.k,
-            rerank.proposals,
-        )  # fmt: skip
+        bonus = known_bonus(log_odds, mask.sum(1), counts, self.n_classes - 1)
         out = trees.copy()
-        for e, candidates in found.items():
-            real = np.flatnonzero(mask[e])
-            out[e][np.ix_(real, real)] = candidates.best(rerank.weight)
+        self.grammar_rerank.apply(out, probs, mask, nodes, leaves, (known, bonus), other)
         return out
 
     def _known_trees(self, x: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray] | None:

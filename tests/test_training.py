@@ -275,4 +275,7 @@ def test_testing_reports_the_grammar_rerank_as_analyses_get_it(checkpoint, tiny_
         found = reco.reconstruct([e["x"] for e in events])
         right = [np.array_equal(r.lcag, e["target"] * (1 - np.eye(len(e["x"]), dtype=int)))
                  for r, e in zip(found, events, strict=True)]  # fmt: skip
-        assert results[subset]["perfect_grammar"] == pytest.approx(np.mean(right))
+        # the same trees, but lcag test's batches have other shapes than Reconstructor's:
+        # float32 logits may then swap two of the model's candidates that tie within
+        # rounding, and with them, rarely, a kept tree (at most 1 % of the events)
+        assert abs(results[subset]["perfect_grammar"] - np.mean(right)) <= 0.01

@@ -4,12 +4,10 @@ The full method (:class:`lcag.inference.Reconstructor`: pair scores, node eviden
 topology prior) proposes each event's ``k`` best trees (:func:`lcag.decode.top_k`) and the
 trees of the training topologies over its leaves (with their prior bonus); the grammar
 (:class:`lcag.evidence.grammar.DecayGrammar`) adds its own best trees. The kept tree
-maximises ``score + weight * grammar log-likelihood``; ``weight = 0`` is the full method.
-The weight may depend on the full method's own tree: ``(w_known, w_other)`` takes ``w_known``
-for events whose full-method tree is of a training topology (where the model is mostly right)
-and ``w_other`` for the others (where the grammar, which carries to unseen topologies, is the
-better judge). Exact decoding only (at most ``EXACT_MAX_LEAVES`` leaves, every leaf in the
-tree).
+maximises ``score + weight * grammar log-likelihood``; ``weight = 0`` is the full method,
+``inf`` the grammar alone. Exact decoding only (at most ``EXACT_MAX_LEAVES`` leaves, every
+leaf in the tree). Which events are reranked, and how the kept tree's probability is
+calibrated, is :class:`lcag.evidence.grammar_rerank.GrammarRerank`'s.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = [
     "UNMADE",
     "Candidates",
-    "Weight",
     "batch_candidates",
     "candidates",
     "choose",
@@ -40,8 +37,6 @@ __all__ = [
 ]
 
 UNMADE = -1e12  # the log-likelihood a tree the grammar cannot make counts as
-
-Weight = float | tuple[float, float]  # one weight, or (events with a known tree, the others)
 
 
 @dataclass
@@ -67,28 +62,21 @@ class Candidates:
         """Whether the full method's tree (weight 0) is of a training topology."""
         return bool(self.known[int(np.argmax(self.scores))])
 
-    def _weight(self, weight: Weight) -> float:
-        if isinstance(weight, tuple):
-            return weight[0] if self.full_is_known else weight[1]
-        return float(weight)
-
-    def combined(self, weight: Weight) -> np.ndarray:
-        """``(A,)`` ``score + w * grammar`` (``w = inf``: the grammar alone), ``w`` the weight
-        or, for a pair ``(w_known, w_other)``, the one for this event
-        (:attr:`full_is_known`); a tree the grammar cannot make counts as ``-1e12``."""
-        w = self._weight(weight)
+    def combined(self, weight: float) -> np.ndarray:
+        """``(A,)`` ``score + w * grammar`` (``w = inf``: the grammar alone); a tree the
+        grammar cannot make counts as ``-1e12``."""
         g = np.where(np.isfinite(self.grammar), self.grammar, UNMADE)
-        return g if w == math.inf else self.scores + w * g
+        return g if weight == math.inf else self.scores + weight * g
 
-    def index(self, weight: Weight) -> int:
+    def index(self, weight: float) -> int:
         """The candidate maximising :meth:`combined`."""
         return int(np.argmax(self.combined(weight)))
 
-    def best(self, weight: Weight) -> np.ndarray:
+    def best(self, weight: float) -> np.ndarray:
         """``(n, n)`` the kept tree (:meth:`index`)."""
         return self.trees[self.index(weight)]
 
-    def softmax(self, weight: Weight, temperature: float) -> np.ndarray:
+    def softmax(self, weight: float, temperature: float) -> np.ndarray:
         """``(A,)`` ``softmax(combined / t)`` over the candidates."""
         z = self.combined(weight) / temperature
         p = np.exp(z - z.max())
@@ -234,7 +222,7 @@ def batch_candidates(
     return out
 
 
-def choose(found: list[Candidates], mask: np.ndarray, weight: Weight) -> np.ndarray:
+def choose(found: list[Candidates], mask: np.ndarray, weight: float) -> np.ndarray:
     """``(N, L, L)`` int64: each event's kept tree at its real leaves (padding -1)."""
     N, L = mask.shape
     out = np.full((N, L, L), -1, dtype=np.int64)

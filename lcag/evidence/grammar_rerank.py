@@ -31,11 +31,19 @@ from scipy.special import expit
 from lcag.decode import EXACT_MAX_LEAVES
 from lcag.evidence.calibration import golden_max
 from lcag.evidence.grammar import DecayGrammar
-from lcag.evidence.grammar_candidates import Candidates
+from lcag.evidence.grammar_candidates import Candidates, batch_candidates
 
-__all__ = ["WEIGHTS", "GrammarRerank"]
+__all__ = ["WEIGHTS", "GrammarRerank", "reranked_events"]
 
 WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, math.inf)  # the grammar weights tried on validation
+
+
+def reranked_events(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the events a reranking takes, those whose full-method tree is of no
+    training topology (``other (N,)``) with 3 to ``EXACT_MAX_LEAVES`` real leaves
+    (``mask (N, L)``)."""
+    n_leaves = mask.sum(1)
+    return np.asarray(other, dtype=bool) & (n_leaves >= 3) & (n_leaves <= EXACT_MAX_LEAVES)
 
 
 @dataclass
@@ -62,10 +70,6 @@ class GrammarRerank:
     proposals: int = 5
     recall: float = math.nan
 
-    def applies(self, n_leaves: int) -> bool:
-        """Whether events of ``n_leaves`` are reranked."""
-        return self.weight > 0 and 3 <= n_leaves <= EXACT_MAX_LEAVES
-
     def probabilities(self, found: Candidates) -> np.ndarray:
         """``(A,)`` each candidate's calibrated probability (module docstring)."""
         q = np.clip(found.softmax(self.weight, self.temperature), 1e-300, 1.0)
@@ -77,6 +81,46 @@ class GrammarRerank:
     def rerank(self, found: Candidates) -> tuple[int, np.ndarray]:
         """The kept candidate's index and every candidate's probability ``(A,)``."""
         return found.index(self.weight), self.probabilities(found)
+
+    def apply(
+        self,
+        decoded: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        x: np.ndarray,
+        prior: tuple[list[np.ndarray], np.ndarray],
+        other: np.ndarray,
+        top_k: int = 1,
+    ) -> dict[int, tuple[float, list[tuple[np.ndarray, float]]]]:
+        """Rerank the :func:`reranked_events`, writing each kept tree into ``decoded``.
+
+        Args:
+            decoded: ``(N, L, L)`` the full method's trees, changed in place.
+            probs: ``(N, L, L, C)`` pair probabilities; ``mask (N, L)``; ``nodes (N, 2^L)``
+                weighted node scores or ``None``; ``x (N, L, F)`` the leaves.
+            prior: the topology prior's known trees per event and bonus ``(N,)``.
+            other: ``(N,)`` bool, the full-method tree is of no training topology.
+            top_k: alternatives to return per reranked event.
+
+        Returns:
+            Per reranked event index: the kept tree's probability and the ``top_k`` best
+            candidates ``(n, n)`` with theirs (none for ``top_k = 1``); nothing at weight 0.
+        """
+        if self.weight <= 0:
+            return {}
+        wanted = reranked_events(mask, other)
+        found = batch_candidates(
+            probs, mask, nodes, x, prior, wanted, self.grammar, self.k, self.proposals
+        )
+        out = {}
+        for e, candidates in found.items():
+            kept, p = self.rerank(candidates)
+            real = np.flatnonzero(mask[e])
+            decoded[e][np.ix_(real, real)] = candidates.trees[kept]
+            order = np.argsort(-p, kind="stable")[:top_k] if top_k > 1 else []
+            out[e] = (float(p[kept]), [(candidates.trees[a], float(p[a])) for a in order])
+        return out
 
     @classmethod
     def fit(
