@@ -250,18 +250,24 @@ def main() -> None:
     if args.ckpt is not None:
         found["model (full method)"] = full_method(args.ckpt, events)
     start = time.perf_counter()
-    rows = []  # (leaves, rerank right, truth the best of candidates + truth)
+    prefixes = sorted({k for k in (5, 10, 20, 40, 80) if k < args.candidates} | {args.candidates})
+    rows = []  # (leaves, then per prefix: rerank right, truth the best of candidates + truth)
     for event, truth in tqdm(list(zip(events, truths, strict=True)), desc="posterior"):
         p = event["x"][:, :4].astype(np.float64)
         mass, sigma = subset_masses(p, resolution, total=total)
         leaf_mass = np.sqrt(np.maximum(p[:, 3] ** 2 - (p[:, :3] ** 2).sum(1), 0))
         leaf_mass = np.array([min(model.final, key=lambda m: abs(m - x)) for x in leaf_mass])
-        candidates = proposals(p, mass, sigma, random, args.candidates)
-        candidates += [found[name][len(rows)] for name in found]
-        score = [model.log_score(tree_sets(M), mass, sigma, leaf_mass) for M in candidates]
+        proposed = proposals(p, mass, sigma, random, args.candidates)
+        others = [found[name][len(rows)] for name in found]
+        score_of = [model.log_score(tree_sets(M), mass, sigma, leaf_mass) for M in proposed]
+        other_score = [model.log_score(tree_sets(M), mass, sigma, leaf_mass) for M in others]
         truth_score = model.log_score(tree_sets(truth), mass, sigma, leaf_mass)
-        best = candidates[int(np.argmax(score))]
-        rows.append((len(p), np.array_equal(best, truth), truth_score >= max(score)))
+        row = [len(p)]
+        for k in prefixes:  # the first k proposals with the baseline's and the model's trees
+            candidates, score = proposed[:k] + others, score_of[:k] + other_score
+            best = candidates[int(np.argmax(score))]
+            row += [np.array_equal(best, truth), truth_score >= max(score)]
+        rows.append(tuple(row))
     rows_arr = np.array(rows)
     print(
         f"# {path}: {len(events)} test_unknown events (<= 10 leaves), {args.candidates} "
@@ -272,6 +278,7 @@ def main() -> None:
         + " ".join(f"{name:>20}" for name in found)
         + f" {'posterior rerank':>17} {'bound (any method)':>19}"
     )
+    last = 2 * len(prefixes) - 1
     for name, cut in (("<= 6", 6), ("<= 10", 10)):
         sel = rows_arr[:, 0] <= cut
         cells = []
@@ -281,8 +288,14 @@ def main() -> None:
         print(
             f"{name:<8} {int(sel.sum()):>7} "
             + " ".join(cells)
-            + f" {rows_arr[sel, 1].mean():>17.1%} {rows_arr[sel, 2].mean():>19.1%}"
+            + f" {rows_arr[sel, last].mean():>17.1%} {rows_arr[sel, last + 1].mean():>19.1%}"
         )
+    if len(prefixes) > 1:
+        print("\nBy number of proposals (with the baseline's and the model's trees), <= 10 leaves:")
+        print(f"{'proposals':>9} {'posterior rerank':>17} {'bound':>7}")
+        for j, k in enumerate(prefixes):
+            right, bound = rows_arr[:, 1 + 2 * j].mean(), rows_arr[:, 2 + 2 * j].mean()
+            print(f"{k:>9} {right:>17.1%} {bound:>7.1%}")
 
 
 def full_method(ckpt: Path, events: list[dict]) -> list[np.ndarray]:

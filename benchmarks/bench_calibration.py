@@ -143,7 +143,11 @@ def main() -> None:
             )
             perfect = np.concatenate([b["perfect"] for b in batches])
             row = np.concatenate(rows)
-            print(f"  {split:<13} ECE {calibration(p, perfect)['ece']:.3f} on {len(p)} events")
+            cal = calibration(p, perfect)
+            print(
+                f"  {split:<13} ECE {cal['ece']:.3f} on {len(p)} events (perfectly calibrated "
+                f"trees: {cal['ece_noise']:.3f} by chance)"
+            )
             for k, name in enumerate(names):
                 inside = row == k
                 if inside.any():

@@ -15,7 +15,8 @@ validation (the mean of the two splits' perfect-tree rates; ``inf``: the grammar
 its probability is calibrated over the candidates. Then ``Reconstructor.reconstruct`` runs
 on the first ``--test-events`` of ``test`` and ``test_unknown`` with and without the grammar:
 perfect-tree rates (<= 6 and <= 10 leaves), expected calibration error of the trees'
-probabilities (10 bins, :func:`lcag.evaluate.calibration`), the events reranked and the
+probabilities (10 bins, :func:`lcag.evaluate.calibration`) beside the error that perfectly
+calibrated probabilities would show on as many events by chance, the events reranked and the
 seconds per event. The weights tried and their validation scores are printed first.
 """
 
@@ -52,10 +53,12 @@ def rates(reco: Reconstructor, found: list[dict], grammar: bool) -> dict[str, fl
     right = np.array(right)
     p = np.array([t.probability for t in trees])
     small = n <= 10
+    cal = calibration(p[small], right[small])
     return {
         "<=6": float(right[n <= 6].mean()),
         "<=10": float(right[small].mean()),
-        "ece": calibration(p[small], right[small])["ece"],
+        "ece": cal["ece"],
+        "chance": cal["ece_noise"],
         "reranked": float(np.mean([t.reranked for t in trees])),
         "seconds": seconds,
     }
@@ -83,15 +86,15 @@ def main() -> None:
         f"sigmoid({rerank.slope:.3g} logit(q) {rerank.offset:+.3g}); the true tree among the "
         f"candidates in {rerank.recall:.1%} of the validation events reranked"
     )
-    print(f"{'split':<13} {'method':<22} {'<=6':>6} {'<=10':>6} {'ECE':>6} {'reranked':>9} "
-          f"{'s/event':>8}")  # fmt: skip
+    print(f"{'split':<13} {'method':<22} {'<=6':>6} {'<=10':>6} {'ECE':>6} {'chance':>6} "
+          f"{'reranked':>9} {'s/event':>8}")  # fmt: skip
     for split, label in (("test", "known"), ("test_unknown", "unseen")):
         found = events(args.data, split, args.test_events)
         for grammar_on, method in ((False, "full method"), (True, "+ grammar rerank")):
             r = rates(reco, found, grammar_on)
             print(
                 f"{label:<13} {method:<22} {r['<=6']:>6.1%} {r['<=10']:>6.1%} {r['ece']:>6.3f} "
-                f"{r['reranked']:>9.1%} {r['seconds']:>8.3f}"
+                f"{r['chance']:>6.3f} {r['reranked']:>9.1%} {r['seconds']:>8.3f}"
             )
 
 

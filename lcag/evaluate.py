@@ -289,23 +289,60 @@ def calibration(
 
     Returns:
         ``ece`` (expected calibration error: the event-weighted mean over bins of
-        ``|perfect rate - mean probability|``), and per bin its range, events, mean
-        probability and perfect rate.
+        ``|perfect rate - mean probability|``); ``ece_noise``, the error that perfectly
+        calibrated probabilities would show on these events on average (each tree right with
+        its probability, :func:`ece_noise_floor`): an ``ece`` near it is within the events'
+        statistics; and per bin its range, events, mean probability and perfect rate.
     """
     known = np.isfinite(probability)
     probability, perfect = probability[known], perfect[known].astype(float)
+    index = _calibration_bins(probability, n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.digitize(probability, edges[1:-1]), 0, n_bins - 1)
-    bins, ece = [], 0.0
+    bins = []
     for b in range(n_bins):
         inside = index == b
         if not inside.any():
             continue
         mean, rate = float(probability[inside].mean()), float(perfect[inside].mean())
-        ece += inside.sum() / max(len(probability), 1) * abs(rate - mean)
         bins.append({"low": float(edges[b]), "high": float(edges[b + 1]),
                      "events": int(inside.sum()), "probability": mean, "rate": rate})  # fmt: skip
-    return {"ece": float(ece), "events": len(probability), "bins": bins}
+    return {
+        "ece": _ece(probability, perfect[None], index, n_bins)[0],
+        "ece_noise": ece_noise_floor(probability, n_bins),
+        "events": len(probability),
+        "bins": bins,
+    }
+
+
+def ece_noise_floor(
+    probability: np.ndarray, n_bins: int = CALIBRATION_BINS, draws: int = 400, seed: int = 0
+) -> float:
+    """The expected calibration error of perfectly calibrated trees with these probabilities
+    ``(N,)``: the mean over ``draws`` samples (fixed ``seed``) in which each tree is right with
+    its probability. With few events per bin an ECE of several points is chance alone."""
+    probability = np.asarray(probability, dtype=np.float64)
+    if not len(probability):
+        return float("nan")
+    index = _calibration_bins(probability, n_bins)
+    right = np.random.default_rng(seed).random((draws, len(probability))) < probability
+    return float(_ece(probability, right.astype(float), index, n_bins).mean())
+
+
+def _calibration_bins(probability: np.ndarray, n_bins: int) -> np.ndarray:
+    """``(N,)`` each probability's bin among ``n_bins`` equal ones on ``[0, 1]``."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.digitize(probability, edges[1:-1]), 0, n_bins - 1)
+
+
+def _ece(probability: np.ndarray, perfect: np.ndarray, index: np.ndarray, n_bins: int):
+    """``(D,)`` expected calibration error of each row of outcomes ``perfect (D, N)``."""
+    ece = np.zeros(len(perfect))
+    for b in range(n_bins):
+        inside = index == b
+        if inside.any():
+            gap = np.abs(perfect[:, inside].mean(1) - probability[inside].mean())
+            ece += inside.sum() / len(probability) * gap
+    return ece
 
 
 def _example(
@@ -369,7 +406,8 @@ def _markdown(report: dict[str, Any]) -> str:
             f"Tree probability of the reconstructed trees (with the decay grammar): expected "
             f"calibration error "
             f"{cal['ece']:.3f} over {cal['events']} events ({CALIBRATION_BINS} bins; "
-            f"`reliability.png`).\n"
+            f"`reliability.png`); perfectly calibrated trees would show "
+            f"{cal['ece_noise']:.3f} on as many events, by chance.\n"
         )
     baseline = report["baseline"]
     if baseline.get("method", "window") == "likelihood":

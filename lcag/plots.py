@@ -243,7 +243,9 @@ def plot_reliability(report: dict[str, Any], path: Path) -> None:
         xs = [b["probability"] for b in cal["bins"]]
         ys = [b["rate"] for b in cal["bins"]]
         known = "known" if split == "test" else "unseen" if split == "test_unknown" else split
-        axis.plot(xs, ys, "o-", label=f"{known} (ECE {cal['ece']:.3f}, {cal['events']} events)")
+        chance = f", chance {cal['ece_noise']:.3f}" if "ece_noise" in cal else ""
+        label = f"{known} (ECE {cal['ece']:.3f}{chance}, {cal['events']} events)"
+        axis.plot(xs, ys, "o-", label=label)
     axis.set_xlabel("tree probability (bin mean)")
     axis.set_ylabel("perfect trees in the bin")
     axis.set_xlim(0, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lcag.evaluate import calibration, evaluate
+from lcag.evaluate import calibration, ece_noise_floor, evaluate
 
 
 def test_ece_of_known_bins():
@@ -21,6 +21,18 @@ def test_unknown_probabilities_are_left_out():
     result = calibration(np.array([np.nan, 1.0]), np.array([False, True]))
     assert result["events"] == 1
     assert result["ece"] == pytest.approx(0.0)
+
+
+def test_noise_floor_is_the_chance_error_of_calibrated_trees():
+    # certain trees: no chance error; 100 trees at 0.5 in one bin: E|Binomial(100, 1/2) / 100
+    # - 1/2| = 0.0398 exactly
+    assert ece_noise_floor(np.array([0.0] * 50 + [1.0] * 50)) == 0.0
+    assert ece_noise_floor(np.full(100, 0.5)) == pytest.approx(0.0398, abs=0.005)
+    # it shrinks as 1 / sqrt(events), and calibration() reports it
+    assert ece_noise_floor(np.full(10_000, 0.5)) < 0.006
+    result = calibration(np.full(100, 0.5), np.arange(100) % 2 == 0)
+    assert result["ece"] == pytest.approx(0.0)
+    assert result["ece_noise"] == pytest.approx(ece_noise_floor(np.full(100, 0.5)))
 
 
 def test_report_holds_the_full_method_and_its_reliability(checkpoint, tiny_data, tmp_path):
