@@ -560,6 +560,29 @@ class Reconstructor:
             scores = scores + np.where(known, hot_bonus, 0.0)
         return np.exp(np.minimum(scores - log_z, 0.0))
 
+    def _top_k_unless(
+        self,
+        skip: set[int],
+        x: np.ndarray,
+        probs: np.ndarray,
+        mask: np.ndarray,
+        nodes: np.ndarray | None,
+        k: int,
+        prior: tuple[list[np.ndarray], np.ndarray] | None,
+    ) -> list[list[tuple[np.ndarray, bool]] | None]:
+        """:meth:`_top_k` of the events not in ``skip`` (``None`` for those in it)."""
+        take = np.array([e not in skip for e in range(len(x))], dtype=bool)
+        out: list[list[tuple[np.ndarray, bool]] | None] = [None] * len(x)
+        if not take.any():
+            return out
+        index = np.flatnonzero(take)
+        sub_prior = None if prior is None else ([prior[0][e] for e in index], prior[1][index])
+        sub_nodes = None if nodes is None else nodes[index]
+        found = self._top_k(x[index], probs[index], mask[index], sub_nodes, k, sub_prior)
+        for e, trees in zip(index, found, strict=True):
+            out[e] = trees
+        return out
+
     def _top_k(
         self,
         x: np.ndarray,
@@ -687,13 +710,13 @@ class Reconstructor:
             )
             hot = tree_score(decoded, hot_probs, mask, node_scores=hot_nodes)
             probability = np.exp(np.minimum(hot + np.where(known, hot_bonus, 0.0) - log_z, 0.0))
-            if top_k > 1:
-                best = self._top_k(x, probs, mask, nodes, top_k, prior)
+            if top_k > 1:  # reranked events have their candidates as alternatives
+                best = self._top_k_unless(set(reranked), x, probs, mask, nodes, top_k, prior)
         out = []
         for k in range(len(x)):
             real = np.flatnonzero(mask[k])
             alternatives: tuple[tuple[np.ndarray, float], ...] = ()
-            if best is not None:
+            if best is not None and best[k] is not None:
                 one = slice(k, k + 1)
                 hot_one = None if hot_nodes is None else hot_nodes[one]
                 alternatives = tuple(

@@ -107,6 +107,10 @@ def test_reconstruct_reranks_only_trees_of_no_training_topology(checkpoint, tiny
             assert not after.reranked
             np.testing.assert_array_equal(after.lcag, before.lcag)
             assert after.probability == before.probability
+            assert len(after.alternatives) == len(before.alternatives)
+            for (M, q), (M0, q0) in zip(after.alternatives, before.alternatives, strict=True):
+                np.testing.assert_array_equal(M, M0)
+                assert q == pytest.approx(q0)
             continue
         assert after.reranked
         np.testing.assert_array_equal(after.lcag, event.best(np.inf))
