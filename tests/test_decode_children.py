@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import EPS64
+from strategies import EPS64, decay_trees
 from test_decode_nodes import brute_force_scores, node_tolerance
 
 from lcag import InvalidInputError, decode, is_valid_lcag, log_partition, top_k, tree_score
@@ -45,6 +45,17 @@ def test_children_counts_of_a_known_tree():
 
     M = tree_to_lcag(DecayTree.from_nested(((0, 1, 2), (3, 4))))
     assert sorted(children_counts(M)) == [(0b00111, 3), (0b11000, 2), (0b11111, 2)]
+
+
+@given(decay_trees(max_leaves=12))
+def test_children_counts_match_the_tree(tree):
+    from lcag import tree_to_lcag
+
+    expected = sorted(
+        (sum(1 << int(leaf) for leaf in tree.leaves_under(node)), len(tree.children(node)))
+        for node in tree.inner_nodes
+    )
+    assert children_counts(tree_to_lcag(tree)) == expected
 
 
 @given(events())

@@ -69,14 +69,64 @@ def _run(
 
 def children_counts(lcag: np.ndarray) -> list[tuple[int, int]]:
     """``[(leaf bit mask, number of children), ...]`` of every inner node of one valid LCAG
-    ``(n, n)``, the root included."""
-    from lcag.matrix import lcag_to_tree
+    ``(n, n)``, the root included, ascending by bit mask.
 
-    tree = lcag_to_tree(np.asarray(lcag))
-    return [
-        (sum(1 << int(leaf) for leaf in tree.leaves_under(node)), len(tree.children(node)))
-        for node in tree.inner_nodes
-    ]
+    The node of height ``h`` above leaf ``i`` holds the leaves ``j`` with ``lcag[i, j] <= h``;
+    its children are the classes of ``lcag[a, b] <= h - 1`` among them (pairs in different
+    children meet at the node itself).
+    """
+    M = np.ascontiguousarray(lcag, dtype=np.int64)
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] > 62:
+        raise ValueError(f"children_counts: an (n, n) LCAG with n <= 62, got {M.shape}")
+    sets, counts = _children_counts(M)
+    return [(int(S), int(c)) for S, c in zip(sets, counts, strict=True)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _children_counts(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Inner nodes' bit masks ``(m,)`` ascending and their numbers of children ``(m,)``."""
+    n = M.shape[0]
+    top = 0
+    for i in range(n):
+        for j in range(n):
+            top = max(top, M[i, j])
+    sets = np.zeros(n * max(top, 1), dtype=np.int64)
+    counts = np.zeros(n * max(top, 1), dtype=np.int64)
+    m = 0
+    for i in range(n):
+        for h in range(1, top + 1):
+            S = np.int64(0)
+            exists = False
+            for j in range(n):
+                if M[i, j] <= h:
+                    S |= np.int64(1) << j
+                if j != i and M[i, j] == h:
+                    exists = True
+            if not exists:
+                continue
+            seen = False
+            for q in range(m):
+                if sets[q] == S:
+                    seen = True
+                    break
+            if seen:
+                continue
+            blocks = 0
+            for a in range(n):
+                if not (S >> a) & 1:
+                    continue
+                first = True
+                for b in range(a):
+                    if (S >> b) & 1 and M[a, b] <= h - 1:
+                        first = False
+                        break
+                if first:
+                    blocks += 1
+            sets[m] = S
+            counts[m] = blocks
+            m += 1
+    order = np.argsort(sets[:m])
+    return sets[:m][order], counts[:m][order]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -16,7 +16,7 @@ import heapq
 
 import numpy as np
 
-from lcag.decode.children import children_counts, decode_exact_children
+from lcag.decode.children import _children_counts, decode_exact_children
 from lcag.decode.exact import decode_exact
 
 __all__ = ["top_k_exact"]
@@ -45,14 +45,10 @@ def top_k_exact(
     forbid = -(2.0 * reach + 1.0)
 
     def score_of(M: np.ndarray, s: np.ndarray) -> float:
-        from lcag.decode.scores import inner_node_masks
-
-        pair = s[iu, ju, M[iu, ju] - 1].sum()
-        inner = inner_node_masks(M[None], np.ones((1, n), dtype=bool))[0]
-        total = pair + nodes[inner].sum()
+        inner, count = _children_counts(np.ascontiguousarray(M, dtype=np.int64))
+        total = s[iu, ju, M[iu, ju] - 1].sum() + nodes[inner].sum()
         if children is not None:
-            K = children.shape[1]
-            total += sum(children[S, min(c - 2, K - 1)] for S, c in children_counts(M))
+            total += children[inner, np.minimum(count - 2, children.shape[1] - 1)].sum()
         return float(total)
 
     def decode_batch(s: np.ndarray) -> np.ndarray:
