@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 
 from lcag.checkpoints import load_checkpoint
 from lcag.console import one_line
-from lcag.decode import decode, log_partition, tree_score
+from lcag.decode import EXACT_MAX_LEAVES, decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
 from lcag.decode.stages import decode_lcas
 from lcag.errors import CheckpointError, InvalidInputError
@@ -78,9 +79,12 @@ class Reconstruction:
             node evidence of its inner nodes when the model has some.
         probability: the tree's probability among all valid trees, ``exp(score - log Z)``
             (:func:`lcag.decode.log_partition`); above ``EXACT_MAX_LEAVES`` leaves among the
-            approximate decoder's trees (an upper bound).
+            approximate decoder's trees and the alternatives found (an upper bound).
         alternatives: with ``top_k = k``, the ``k`` most probable trees as
-            ``(lcag, probability)``, best first (the first is ``lcag``); else empty.
+            ``(lcag, probability)``, best first (the first is ``lcag``); above
+            ``EXACT_MAX_LEAVES`` leaves ``k`` trees by the approximate decoder
+            (:func:`lcag.decode.top_k`), sorted by probability, ``lcag`` among them; for a
+            tree the decay grammar reranked, its candidates; else empty.
         known_topology: whether the tree, its leaves labelled by species, has the shape of a
             training topology (:class:`lcag.evidence.TopologyCatalogue`; the probability is
             calibrated for known and other topologies apart); ``None`` for a model trained
@@ -719,16 +723,19 @@ class Reconstructor:
             if best is not None and best[k] is not None:
                 one = slice(k, k + 1)
                 hot_one = None if hot_nodes is None else hot_nodes[one]
-                alternatives = tuple(
-                    (
-                        M[np.ix_(real, real)],
-                        _probability(
-                            tree_score(M[None], hot_probs[one], mask[one], node_scores=hot_one)[0]
-                            + (hot_bonus[k] if is_known else 0.0),
-                            log_z[k],
-                        ),
-                    )
+                tempered = [
+                    tree_score(M[None], hot_probs[one], mask[one], node_scores=hot_one)[0]
+                    + (hot_bonus[k] if is_known else 0.0)
                     for M, is_known in best[k]
+                ]
+                z = log_z[k]
+                if len(real) > EXACT_MAX_LEAVES:  # log Z of the dendrogram's trees: raised to
+                    z = max(z, float(logsumexp(tempered)))  # cover the alternatives found
+                    known_bonus = hot_bonus[k] if known[k] else 0.0
+                    probability[k] = _probability(hot[k] + known_bonus, z)
+                alternatives = tuple(
+                    (M[np.ix_(real, real)], _probability(t, z))
+                    for (M, _), t in zip(best[k], tempered, strict=True)
                 )
             if k in reranked:
                 probability[k], alternatives = reranked[k][0], tuple(reranked[k][1])

@@ -162,6 +162,49 @@ def test_top_k_are_the_k_best_of_brute_force(event, k):
         assert tree_score(lcag, probs, node_scores=nodes) == pytest.approx(score, abs=tolerance)
 
 
+@given(events(), st.integers(1, 8))
+def test_top_k_above_the_exact_limit_are_distinct_valid_trees_by_score(event, k):
+    probs, nodes, scale = event
+    assume(len(probs) >= 3)
+    _, scores = brute_force_scores(probs, nodes)
+    found = top_k(probs, k, node_scores=nodes, exact_max_leaves=2)  # the approximate decoder
+    tolerance = node_tolerance(len(probs), scale)
+    assert 1 <= len(found) <= k
+    assert len({lcag.tobytes() for lcag, _ in found}) == len(found)
+    got = [score for _, score in found]
+    assert got == sorted(got, reverse=True)
+    for lcag, score in found:
+        assert is_valid_lcag(lcag)
+        assert tree_score(lcag, probs, node_scores=nodes) == pytest.approx(score, abs=tolerance)
+    assert got[0] <= scores.max() + tolerance
+    approx = decode(probs, node_scores=nodes, method="approx")
+    assert approx.tobytes() in {lcag.tobytes() for lcag, _ in found}
+
+
+def test_top_k_above_ten_leaves_starts_from_the_true_tree():
+    from strategies import one_hot_probs
+
+    from lcag import DecayTree, tree_to_lcag
+
+    truth = tree_to_lcag(DecayTree.from_nested((((0, 1), 2), (3, 4, (5, 6)), ((7, 8), 9, 10), 11)))
+    probs = one_hot_probs(truth, 13, floor=0.02)
+    found = top_k(probs, 4)
+    assert len(found) == 4
+    np.testing.assert_array_equal(found[0][0], truth)
+    assert len({lcag.tobytes() for lcag, _ in found}) == 4
+    assert all(is_valid_lcag(lcag) for lcag, _ in found)
+    # node scores in the event's own indexing, one event of a padded batch
+    nodes = np.zeros((1, 1 << 13))
+    batch = np.zeros((1, 13, 13, 13))
+    batch[0, :12, :12] = probs
+    mask = np.arange(13)[None] < 12
+    padded = top_k(batch, 4, mask, node_scores=nodes)[0]
+    for (M, score), (M0, score0) in zip(padded, found, strict=True):
+        np.testing.assert_array_equal(M[:12, :12], M0)
+        assert (M[12] == -1).all()
+        assert score == pytest.approx(score0)
+
+
 @given(events(max_leaves=7))
 def test_zero_node_scores_change_nothing(event):
     probs, nodes, _ = event

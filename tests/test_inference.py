@@ -116,3 +116,23 @@ def test_awkward_events(checkpoint):
     assert [r.lcag.shape[0] for r in from_awkward] == [3, 6, 2]
     for a, b in zip(from_awkward, from_list, strict=True):
         assert_same_tree_or_tied_scores(a, b)  # the same padded batch either way
+
+
+def test_top_k_above_the_exact_limit(checkpoint):
+    """Twelve leaves: the approximate decoder's alternatives, distinct valid trees with
+    probabilities that never sum above one, the reconstructed tree among them."""
+    reco = lcag.Reconstructor.from_checkpoint(checkpoint)
+    rng = np.random.default_rng(3)
+    p = rng.normal(scale=2.0, size=(2, 12, 3))
+    x = np.concatenate([p, np.sqrt((p**2).sum(-1, keepdims=True) + 1.0)], axis=-1)
+    for found in reco.reconstruct(x, top_k=4):
+        trees = [M for M, _ in found.alternatives]
+        probabilities = [q for _, q in found.alternatives]
+        assert len(trees) == 4
+        assert len({M.tobytes() for M in trees}) == 4
+        assert all(is_valid_lcag(M) for M in trees)
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) <= 1.0 + 1e-9
+        at = [k for k, M in enumerate(trees) if np.array_equal(M, found.lcag)]
+        assert len(at) == 1
+        assert probabilities[at[0]] == pytest.approx(found.probability)

@@ -78,7 +78,7 @@ from lcag.decode.scores import (
     prepare_node_scores,
     prepare_scores,
 )
-from lcag.decode.topk import top_k_exact
+from lcag.decode.topk import top_k_approx, top_k_exact
 from lcag.errors import InvalidInputError
 
 __all__ = [
@@ -315,8 +315,11 @@ def top_k(
     """The ``k`` highest-scoring valid LCAGs of each event, best first, with their scores.
 
     Exact up to ``exact_max_leaves`` real leaves (Lawler's partitioning, see
-    :mod:`lcag.decode.topk`); above it, and with ``background``, only the decoded tree.
-    Fewer than ``k`` trees come back when fewer valid trees exist (one for two leaves).
+    :mod:`lcag.decode.topk`). Above it the same partitioning with the approximate decoder in
+    each part (:func:`lcag.decode.topk.top_k_approx`): distinct valid trees, sorted by score,
+    the decoded tree among them, not guaranteed the ``k`` best. With ``background`` only the
+    decoded tree. Fewer than ``k`` trees come back when fewer valid trees exist (one for two
+    leaves).
 
     Args:
         probs: ``(L, L, C)`` or ``(N, L, L, C)``.
@@ -340,6 +343,12 @@ def top_k(
     for e in range(N):
         real = np.flatnonzero(mask[e])
         n = len(real)
+        if n > exact_max_leaves and n >= 3 and not background:
+            bits = np.int64(1) << real.astype(np.int64)
+            event_scores = scores[e][np.ix_(real, real)]
+            trees = top_k_approx(event_scores, int(k), None if nodes is None else nodes[e], bits)
+            results.append([(_expand(M, real, L), score) for M, score in trees])
+            continue
         sub_nodes = gather_node_scores(nodes, np.array([e]), real[None])[0]
         if n > exact_max_leaves or n < 2 or background:
             batch = None if single else mask[e : e + 1]
@@ -356,11 +365,12 @@ def top_k(
         if kids is not None:
             sub_kids = gather_children_scores(kids, np.array([e]), real[None])[0]
         trees = top_k_exact(scores[e][np.ix_(real, real)], sub_nodes, int(k), sub_kids)
-        expanded = []
-        for M, score in trees:
-            full = np.full((L, L), -1, dtype=np.int64)
-            full[np.ix_(real, real)] = M
-            np.fill_diagonal(full[np.ix_(real, real)], 0)
-            expanded.append((full, score))
-        results.append(expanded)
+        results.append([(_expand(M, real, L), score) for M, score in trees])
     return results[0] if single else results
+
+
+def _expand(lcag: np.ndarray, real: np.ndarray, L: int) -> np.ndarray:
+    """``(L, L)`` int64: an LCAG over the ``real`` leaves placed among ``L`` (padding -1)."""
+    full = np.full((L, L), -1, dtype=np.int64)
+    full[np.ix_(real, real)] = lcag
+    return full

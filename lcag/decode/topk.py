@@ -1,25 +1,35 @@
-"""The k most probable valid trees of one event, exactly, by Lawler's partitioning on pairs.
+"""The k most probable valid trees of one event by Lawler's partitioning on pairs.
 
 A valid LCAG is one tree, so the trees are split by their matrix entries: after the best tree
 ``M`` of a subspace, the rest of the subspace is the disjoint union over unfixed pairs ``q``
 (in a fixed order) of "pairs before ``q`` as in ``M``, pair ``q`` not ``M[q]``". Each part is
-one constrained exact decode, and a heap yields the trees best first. A forbidden class gets a
+one constrained decode, and a heap yields the trees best first. A forbidden class gets a
 score below twice the largest score magnitude any tree can reach: low enough that every
 allowed tree beats every tree using it, yet finite and small enough that the decoder's subset
 sums (which subtract sums of scores) keep their precision. Cost: up to ``L (L - 1) / 2``
-exact decodes per tree returned, batched.
+decodes per tree returned, batched.
+
+- :func:`top_k_exact` decodes each part exactly (:mod:`lcag.decode.exact`, or with
+  children-count scores :mod:`lcag.decode.children`): the ``k`` best trees of all.
+- :func:`top_k_approx` decodes each part with the approximate decoder
+  (:mod:`lcag.decode.dendrogram`, whose dendrogram follows each part's constraints): distinct
+  valid trees, the approximate decoder's tree among them, each the best that decoder finds in
+  its part (a part where it finds none obeying the constraints is dropped), sorted by score
+  (a part's tree may outscore the decoder's). For events above the exact decoder's reach.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 import numpy as np
 
 from lcag.decode.children import _children_counts, decode_exact_children
+from lcag.decode.dendrogram import decode_dendrogram
 from lcag.decode.exact import decode_exact
 
-__all__ = ["top_k_exact"]
+__all__ = ["top_k_approx", "top_k_exact"]
 
 
 def top_k_exact(
@@ -37,16 +47,14 @@ def top_k_exact(
         ``[(lcag (n, n) int64, score), ...]``.
     """
     n = scores.shape[0]
-    iu, ju = np.triu_indices(n, 1)
     finite_nodes = nodes[np.isfinite(nodes)]
     reach = np.abs(scores).sum() + n * (np.abs(finite_nodes).max(initial=0.0))
     if children is not None:
         reach += n * np.abs(children[np.isfinite(children)]).max(initial=0.0)
-    forbid = -(2.0 * reach + 1.0)
 
-    def score_of(M: np.ndarray, s: np.ndarray) -> float:
+    def node_terms(M: np.ndarray) -> float:
         inner, count = _children_counts(np.ascontiguousarray(M, dtype=np.int64))
-        total = s[iu, ju, M[iu, ju] - 1].sum() + nodes[inner].sum()
+        total = nodes[inner].sum()
         if children is not None:
             total += children[inner, np.minimum(count - 2, children.shape[1] - 1)].sum()
         return float(total)
@@ -57,6 +65,66 @@ def top_k_exact(
             return decode_exact(s, node_batch)
         return decode_exact_children(s, node_batch, np.broadcast_to(children, (len(s),
                                      *children.shape)))  # fmt: skip
+
+    return _partitioned(scores, k, reach, decode_batch, node_terms)
+
+
+def top_k_approx(
+    scores: np.ndarray, k: int, nodes: np.ndarray | None = None, bits: np.ndarray | None = None
+) -> list[tuple[np.ndarray, float]]:
+    """``k`` distinct valid LCAGs of one event by the approximate decoder, sorted by score
+    (module docstring).
+
+    Args:
+        scores: ``(n, n, H)`` pair log-scores, index ``c`` = height ``c + 1``, symmetric.
+        nodes: ``(2^L,)`` the event's node scores by leaf bit mask, or ``None``.
+        bits: ``(n,)`` int64, the bit of each of the ``n`` leaves in ``nodes``' indexing
+            (needed with ``nodes``).
+
+    Returns:
+        ``[(lcag (n, n) int64, score), ...]``.
+    """
+    n = scores.shape[0]
+    reach = np.abs(scores).sum()
+    if nodes is not None:
+        bits = np.asarray(bits, dtype=np.int64)
+        reach += n * np.abs(nodes[np.isfinite(nodes)]).max(initial=0.0)
+    members = (np.int64(1) << np.arange(n, dtype=np.int64))[None, :]
+
+    def node_terms(M: np.ndarray) -> float:
+        if nodes is None:
+            return 0.0
+        inner, _ = _children_counts(np.ascontiguousarray(M, dtype=np.int64))
+        original = ((inner[:, None] & members) != 0) @ bits
+        return float(nodes[original].sum())
+
+    def decode_batch(s: np.ndarray) -> np.ndarray:
+        if nodes is None:
+            return decode_dendrogram(s)
+        return decode_dendrogram(
+            s, np.broadcast_to(bits, (len(s), n)), np.broadcast_to(nodes, (len(s), len(nodes)))
+        )
+
+    found = _partitioned(scores, k, reach, decode_batch, node_terms)
+    return sorted(found, key=lambda tree: -tree[1])
+
+
+def _partitioned(
+    scores: np.ndarray,
+    k: int,
+    reach: float,
+    decode_batch: Callable[[np.ndarray], np.ndarray],
+    node_terms: Callable[[np.ndarray], float],
+) -> list[tuple[np.ndarray, float]]:
+    """Lawler's partitioning (module docstring) with ``decode_batch`` (``(B, n, n, H)`` scores
+    to ``(B, n, n)`` trees) solving each part; ``node_terms(M)`` is a tree's score beyond its
+    pairs, ``reach`` a bound on any tree's score magnitude."""
+    n = scores.shape[0]
+    iu, ju = np.triu_indices(n, 1)
+    forbid = -(2.0 * reach + 1.0)
+
+    def score_of(M: np.ndarray, s: np.ndarray) -> float:
+        return float(s[iu, ju, M[iu, ju] - 1].sum()) + node_terms(M)
 
     def constrained(prefix: np.ndarray, m: int, banned: frozenset[int]) -> np.ndarray:
         s = scores.copy()
@@ -89,7 +157,7 @@ def top_k_exact(
         decoded = decode_batch(subs)
         for (q, ban), s, D in zip(parts, subs, decoded, strict=True):
             if score_of(D, s) <= forbid / 2:
-                continue  # no valid tree in this part
+                continue  # no valid tree in this part (or none the decoder finds)
             counter += 1
             heapq.heappush(heap, (-score_of(D, scores), counter, D, q, ban))
     return found
