@@ -17,7 +17,8 @@ on the first ``--test-events`` of ``test`` and ``test_unknown`` with and without
 perfect-tree rates (<= 6 and <= 10 leaves), expected calibration error of the trees'
 probabilities (10 bins, :func:`lcag.evaluate.calibration`) beside the error that perfectly
 calibrated probabilities would show on as many events by chance, the events reranked and the
-seconds per event. The weights tried and their validation scores are printed first.
+seconds per event. The fitted reranking (weight, temperature, logistic map, the candidates'
+recall on validation) is printed first.
 """
 
 from __future__ import annotations

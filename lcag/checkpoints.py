@@ -12,7 +12,7 @@ from typing import Any
 
 from lcag.errors import CheckpointError
 
-__all__ = ["REQUIRED_KEYS", "load_checkpoint"]
+__all__ = ["REQUIRED_KEYS", "grammar_rerank_of", "load_checkpoint"]
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters")
 
@@ -51,3 +51,23 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if "model" not in checkpoint["hyper_parameters"]:
         raise CheckpointError(f"{path}: no model configuration in the checkpoint")
     return checkpoint
+
+
+def grammar_rerank_of(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> Any:
+    """The checkpoint's decay-grammar reranking (``grammar_rerank``:
+    :class:`lcag.evidence.grammar_rerank.GrammarRerank`, loaded only where there is one), or
+    ``None``.
+
+    Raises:
+        CheckpointError: ``grammar_rerank`` is malformed (the message names ``path``).
+    """
+    data = checkpoint.get("grammar_rerank")
+    if not data:
+        return None
+    from lcag.console import one_line
+    from lcag.evidence.grammar_rerank import GrammarRerank
+
+    try:
+        return GrammarRerank.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: grammar_rerank is malformed ({one_line(exc)})") from None

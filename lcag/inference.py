@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from lcag.checkpoints import load_checkpoint
+from lcag.checkpoints import grammar_rerank_of, load_checkpoint
 from lcag.console import one_line
 from lcag.decode import EXACT_MAX_LEAVES, decode, log_partition, tree_score
 from lcag.decode import top_k as lcag_top_k
@@ -272,7 +272,7 @@ class Reconstructor:
             target=str(hparams.get("target", "lcag")),
             type_head=type_head,
             features=(checkpoint.get("datamodule_hyper_parameters") or {}).get("features"),
-            rerank=_stored_rerank(checkpoint.get("grammar_rerank"), path),
+            rerank=grammar_rerank_of(checkpoint, path),
         )
 
     def _run(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -564,29 +564,6 @@ class Reconstructor:
             scores = scores + np.where(known, hot_bonus, 0.0)
         return np.exp(np.minimum(scores - log_z, 0.0))
 
-    def _top_k_unless(
-        self,
-        skip: set[int],
-        x: np.ndarray,
-        probs: np.ndarray,
-        mask: np.ndarray,
-        nodes: np.ndarray | None,
-        k: int,
-        prior: tuple[list[np.ndarray], np.ndarray] | None,
-    ) -> list[list[tuple[np.ndarray, bool]] | None]:
-        """:meth:`_top_k` of the events not in ``skip`` (``None`` for those in it)."""
-        take = np.array([e not in skip for e in range(len(x))], dtype=bool)
-        out: list[list[tuple[np.ndarray, bool]] | None] = [None] * len(x)
-        if not take.any():
-            return out
-        index = np.flatnonzero(take)
-        sub_prior = None if prior is None else ([prior[0][e] for e in index], prior[1][index])
-        sub_nodes = None if nodes is None else nodes[index]
-        found = self._top_k(x[index], probs[index], mask[index], sub_nodes, k, sub_prior)
-        for e, trees in zip(index, found, strict=True):
-            out[e] = trees
-        return out
-
     def _top_k(
         self,
         x: np.ndarray,
@@ -595,12 +572,24 @@ class Reconstructor:
         nodes: np.ndarray | None,
         k: int,
         prior: tuple[list[np.ndarray], np.ndarray] | None,
-    ) -> list[list[tuple[np.ndarray, bool]]]:
+        skip: set[int] | frozenset[int] = frozenset(),
+    ) -> list[list[tuple[np.ndarray, bool]] | None]:
         """Each event's ``k`` best trees ``(L, L)`` under the topology prior, best first,
         each with whether it is of a training topology: the ``k`` best of all trees
         (:func:`lcag.decode.top_k`) and the ``k`` best known trees with their bonus, merged
         (exact: a tree among the ``k`` best under the prior is among the ``k`` best of its
-        kind)."""
+        kind); ``None`` for the events in ``skip``."""
+        if skip:
+            index = np.array([e for e in range(len(x)) if e not in skip], dtype=np.int64)
+            out: list[list[tuple[np.ndarray, bool]] | None] = [None] * len(x)
+            if len(index):
+                sub_prior = None if prior is None else ([prior[0][e] for e in index],
+                                                        prior[1][index])  # fmt: skip
+                sub_nodes = None if nodes is None else nodes[index]
+                found = self._top_k(x[index], probs[index], mask[index], sub_nodes, k, sub_prior)
+                for e, trees in zip(index, found, strict=True):
+                    out[e] = trees
+            return out
         best = lcag_top_k(probs, k, mask, node_scores=nodes, background=self.background)
         flags = [
             self.known_topology(
@@ -715,7 +704,7 @@ class Reconstructor:
             hot = tree_score(decoded, hot_probs, mask, node_scores=hot_nodes)
             probability = np.exp(np.minimum(hot + np.where(known, hot_bonus, 0.0) - log_z, 0.0))
             if top_k > 1:  # reranked events have their candidates as alternatives
-                best = self._top_k_unless(set(reranked), x, probs, mask, nodes, top_k, prior)
+                best = self._top_k(x, probs, mask, nodes, top_k, prior, skip=set(reranked))
         out = []
         for k in range(len(x)):
             real = np.flatnonzero(mask[k])
@@ -783,15 +772,3 @@ def _species_names(head: torch.nn.Module | None, names: Sequence[str] | None) ->
     if len(names) != count:
         raise CheckpointError(f"species_names: {len(names)} names for {count} classes")
     return tuple(names)
-
-
-def _stored_rerank(data: dict[str, Any] | None, path: str | Path) -> GrammarRerank | None:
-    """The checkpoint's grammar reranking (``grammar_rerank``), or ``None``."""
-    if not data:
-        return None
-    from lcag.evidence.grammar_rerank import GrammarRerank
-
-    try:
-        return GrammarRerank.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: grammar_rerank is malformed ({one_line(exc)})") from None

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcag.checkpoints import load_checkpoint
+from lcag.checkpoints import grammar_rerank_of, load_checkpoint
 from lcag.data import LCAGDataset, has_background
 from lcag.decode import EXACT_MAX_LEAVES, decode, tree_score
 from lcag.decode.stages import decode_lcas
@@ -319,7 +319,7 @@ class LCAGModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         restore_low_rank(self, checkpoint["state_dict"])  # OIALR's factorised layers
-        self.grammar_rerank = _rerank_of(checkpoint)
+        self.grammar_rerank = grammar_rerank_of(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what the checkpoint is (``lcag info``): the lcag version, the training data
@@ -803,7 +803,7 @@ class LCAGModule(pl.LightningModule):
         state = upgrade_state_dict(checkpoint["state_dict"])
         restore_low_rank(module, state)  # OIALR's factorised layers, from their shapes
         module.load_state_dict(state)
-        module.grammar_rerank = _rerank_of(checkpoint)
+        module.grammar_rerank = grammar_rerank_of(checkpoint, path)
         return module.eval()
 
 
@@ -818,17 +818,6 @@ class _WarmupCosine:
             return (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _rerank_of(checkpoint: dict[str, Any]) -> Any:
-    """The checkpoint's decay-grammar reranking
-    (:class:`lcag.evidence.grammar_rerank.GrammarRerank`), or ``None``."""
-    data = checkpoint.get("grammar_rerank")
-    if not data:
-        return None
-    from lcag.evidence.grammar_rerank import GrammarRerank
-
-    return GrammarRerank.from_dict(data)
 
 
 def _events(metric: PerfectTreeRate) -> int:

@@ -72,9 +72,7 @@ class GrammarRerank:
 
     def probabilities(self, found: Candidates) -> np.ndarray:
         """``(A,)`` each candidate's calibrated probability (module docstring)."""
-        q = np.clip(found.softmax(self.weight, self.temperature), 1e-300, 1.0)
-        with np.errstate(divide="ignore"):
-            logit = np.log(q) - np.log1p(-q)
+        logit = _logit(found.softmax(self.weight, self.temperature))
         p = expit(self.slope * logit + self.offset)
         return p / max(1.0, float(p.sum()))
 
@@ -162,8 +160,7 @@ class GrammarRerank:
         logits, right = [], []
         for c, hits in events:
             kept = c.index(weight)
-            q = float(np.clip(c.softmax(weight, temperature)[kept], 1e-12, 1 - 1e-12))
-            logits.append(math.log(q / (1 - q)))
+            logits.append(float(_logit(c.softmax(weight, temperature)[kept])))
             right.append(bool(hits[kept]))
         out.slope, out.offset = _fit_logistic(np.array(logits), np.array(right))
         return out
@@ -194,6 +191,13 @@ class GrammarRerank:
             int(data["proposals"]),
             float(data.get("recall", math.nan)),
         )
+
+
+def _logit(q: np.ndarray | float) -> np.ndarray:
+    """``log(q / (1 - q))`` of candidate probabilities, ``q`` kept within ``[1e-12, 1 - 1e-12]``
+    (the same in the fit and in use: a softmax that rounds to 0 or 1 stays finite)."""
+    q = np.clip(q, 1e-12, 1 - 1e-12)
+    return np.log(q) - np.log1p(-q)
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[float, float]:

@@ -147,3 +147,18 @@ def test_candidate_probabilities_never_sum_above_one(tiny_data):
     p = rerank.probabilities(found)
     assert p.sum() <= 1 + 1e-12
     assert np.all(np.diff(p) > 0)
+
+
+def test_a_malformed_stored_rerank_is_named(checkpoint, tmp_path):
+    import torch
+
+    from lcag.errors import CheckpointError
+    from lcag.module import LCAGModule
+
+    state = torch.load(checkpoint, weights_only=True)
+    state["grammar_rerank"] = {"weight": 1.0}  # no grammar, no calibration
+    path = tmp_path / "bad.ckpt"
+    torch.save(state, path)
+    for load in (Reconstructor.from_checkpoint, LCAGModule.from_checkpoint):
+        with pytest.raises(CheckpointError, match=r"bad\.ckpt: grammar_rerank is malformed"):
+            load(path)
